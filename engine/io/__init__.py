@@ -1,0 +1,1 @@
+"""Photo and file input/output (torch-free)."""
