@@ -1,0 +1,160 @@
+"""Command line of the engine: ``python -m engine <command>``.
+
+Commands:
+  fit PHOTO -o OUTDIR     fit the face model to one photo and write a result folder
+  detect PHOTO            detect faces and landmarks (``--json`` for one JSON object)
+  render-model -o PNG     render the neutral face and random identities/expressions
+  bench render|fit        benchmarks that print figures
+  check                   self-check: versions, device, backends, models
+
+Exit codes (docs/protocol.md): 0 ok, 1 internal error, 2 usage, 3 bad input, 4 no face,
+5 missing model, 6 output folder problem, 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+
+PRESETS = ("fast", "balanced", "best")
+
+
+def _fit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="fit one photo and write a result folder",
+                       description="Fit the ICT face model, texture, camera and lighting to one photo "
+                                   "(GANFit-style) and write a result folder (docs/result-format.md).")
+    p.add_argument("photo", help="the photo (JPEG, PNG, ...); EXIF orientation is applied")
+    p.add_argument("-o", "--output", required=True, help="result folder to create")
+    p.add_argument("--preset", choices=PRESETS, default="balanced",
+                   help="speed/quality trade-off (default: balanced)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = CUDA when available (nvdiffrast if installed), else CPU")
+    p.add_argument("--face-index", type=int, default=0,
+                   help="which face when there are several, largest first (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic)")
+    p.add_argument("--texture-res", type=int, choices=(256, 512, 1024, 2048),
+                   help="albedo atlas size (default: from the preset)")
+    p.add_argument("--neutral", action="store_true",
+                   help="fit identity only, with a neutral expression")
+    p.add_argument("--recognizer", choices=("dlib", "arcface", "none"), default="dlib",
+                   help="face recogniser for the identity/content losses (arcface needs insightface's "
+                        "w600k_r50.onnx, research-only licence)")
+    p.add_argument("--recognizer-path", help="path to the recogniser weights (arcface .onnx)")
+    p.add_argument("--texture-model", default="texel",
+                   help="'texel' (default, per-texel albedo) or a generator checkpoint (.pt)")
+    p.add_argument("--landmarks", choices=("mediapipe", "fan"), default="mediapipe",
+                   help="landmark detector (fan needs the face-alignment package and its weights)")
+    p.add_argument("--focal-35mm", type=float,
+                   help="35 mm-equivalent focal length (default: EXIF, else 50)")
+    p.add_argument("--max-steps", type=int,
+                   help="cap the optimisation steps of each stage (tests and quick looks)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--json-progress", action="store_true",
+                   help="write the JSON-lines progress protocol on stdout (docs/protocol.md)")
+    p.add_argument("--report", action="store_true", help="also write report.png")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing result folder")
+    p.add_argument("--preview-every", type=int, default=0,
+                   help="send a preview image every N steps (0 = a few per run with --json-progress)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="ganfit engine %s: GANFit-style 3D face fitting from one photo." % __version__,
+        epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 no face, "
+               "5 missing model, 6 output folder, 130 cancelled. See docs/protocol.md.")
+    ap.add_argument("--version", action="version", version=__version__)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _fit_parser(sub)
+
+    d = sub.add_parser("detect", help="detect faces and landmarks in a photo")
+    d.add_argument("photo")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.add_argument("--dense", action="store_true", help="include the dense landmarks")
+    d.add_argument("--debug-image", help="write the photo with the landmarks drawn on it")
+
+    r = sub.add_parser("render-model", help="render the face model (neutral + random faces)")
+    r.add_argument("-o", "--output", required=True, help="PNG to write")
+    r.add_argument("--size", type=int, default=320, help="tile size in pixels")
+    r.add_argument("--seed", type=int, default=0)
+
+    b = sub.add_parser("bench", help="benchmarks (print figures)")
+    b.add_argument("what", choices=("render", "fit", "perception"))
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+
+    c = sub.add_parser("check", help="self-check: versions, device, backends, models")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.command == "fit":
+        from .fit.run import run_cli
+        return run_cli(args)
+    if args.command == "detect":
+        return _detect(args)
+    if args.command == "render-model":
+        from .preview import render_model_sheet
+        render_model_sheet(args.output, size=args.size, seed=args.seed)
+        print(args.output)
+        return 0
+    if args.command == "bench":
+        if args.what == "render":
+            from .bench import main as bench_main
+            return bench_main(["render", *args.rest]) or 0
+        if args.what == "fit":
+            from .fit.bench import main as fit_bench
+            return fit_bench(args.rest) or 0
+        from .bench_perception import main as perc_main
+        return perc_main(args.rest) or 0
+    if args.command == "check":
+        from .check import run_check
+        info = run_check(args.device)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            for k, v in info.items():
+                print(f"{k:>12}: {v}")
+        return 0 if info.get("ok") else 1
+    ap.error(f"unknown command {args.command}")
+    return 2
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from .errors import EngineError
+    try:
+        from .io.image import load_photo
+        from .perception.landmarks import detect_faces, select_face
+        img = load_photo(args.photo)
+        faces = detect_faces(img)
+        select_face(faces, 0, photo=args.photo)
+    except EngineError as e:
+        if args.json:
+            print(json.dumps({"error": {"code": e.code, "msg": e.message}}))
+        print(f"error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    out = {"photo": os.path.abspath(args.photo), "width": int(img.shape[1]), "height": int(img.shape[0]),
+           "faces": []}
+    for f in faces:
+        item = {"box": [float(x) for x in f.box], "score": float(f.score),
+                "landmarks68": f.landmarks68.round(2).tolist(), "scheme": f.scheme}
+        if args.dense:
+            item["landmarks_dense"] = f.landmarks.round(2).tolist()
+        out["faces"].append(item)
+    if args.debug_image:
+        from .perception.landmarks import draw_landmarks
+        draw_landmarks(img, faces, args.debug_image)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for i, f in enumerate(out["faces"]):
+            print(f"face {i}: box={[round(x) for x in f['box']]} score={f['score']:.2f}")
+    return 0

@@ -1,0 +1,1 @@
+"""The fit: GANFit-style analysis-by-synthesis of one photo (see ``fitter.py``)."""

@@ -1,0 +1,136 @@
+"""Writing a fit to its result folder (docs/result-format.md). Everything here writes into the
+folder it is given; ``run.py`` makes that a temporary folder and renames it into place."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import __version__
+from ..camera import rotation_matrix, world_to_camera_matrix
+from ..models.facemodel import FaceModel
+from .fitter import FitOutput, linear_to_srgb, render_full
+
+SCHEMA = 1
+MATERIAL = "ganfit_face"
+
+
+def write_obj(path: Path, verts: np.ndarray, uvs: np.ndarray, polys: np.ndarray, poly_uvs: np.ndarray,
+              mtl_name: str | None = None) -> None:
+    """OBJ with per-corner UVs; ``polys``/``poly_uvs`` (P, 4) 0-based with -1 padding for triangles."""
+    lines = ["# ganfit engine %s: fitted face (metres, +Y up, +Z forward)" % __version__]
+    if mtl_name:
+        lines += [f"mtllib {mtl_name}.mtl"]
+    lines += ["o face"]
+    lines.append("\n".join("v %.6f %.6f %.6f" % tuple(v) for v in verts))
+    lines.append("\n".join("vt %.6f %.6f" % tuple(t) for t in uvs))
+    if mtl_name:
+        lines.append(f"usemtl {mtl_name}")
+    lines.append("s 1")
+    face_lines = []
+    pv = polys + 1
+    pt = poly_uvs + 1
+    for v, t in zip(pv.tolist(), pt.tolist()):
+        if v[3] > 0:
+            face_lines.append(f"f {v[0]}/{t[0]} {v[1]}/{t[1]} {v[2]}/{t[2]} {v[3]}/{t[3]}")
+        else:
+            face_lines.append(f"f {v[0]}/{t[0]} {v[1]}/{t[1]} {v[2]}/{t[2]}")
+    lines.append("\n".join(face_lines))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_mtl(path: Path, name: str, texture: str) -> None:
+    path.write_text(f"# ganfit engine {__version__}\nnewmtl {name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\n"
+                    f"d 1\nillum 1\nmap_Kd {texture}\n", encoding="utf-8")
+
+
+def albedo_png(albedo_lin: torch.Tensor) -> Image.Image:
+    """(1, T, T, 3) linear atlas in renderer layout (row 0 = v 0) -> sRGB PNG (row 0 = top, v 1)."""
+    srgb = linear_to_srgb(albedo_lin[0]).flip(0)
+    return Image.fromarray((srgb.cpu().numpy() * 255 + 0.5).astype(np.uint8))
+
+
+def write_result(out_dir: Path, fit: FitOutput, model: FaceModel, ctx, photo: np.ndarray, info: dict,
+                 report: bool = False) -> dict:
+    """Write every result file into ``out_dir`` (which exists). Returns the result.json dict."""
+    st = fit.state
+    m = model.metres_per_unit
+    with torch.no_grad():
+        verts_all = model(st.shape, st.expr, part="all")[0].cpu().numpy() * m
+        neutral_all = model(st.shape, None, part="all")[0].cpu().numpy() * m
+    V = model.n_vertices
+    deltas = model.basis[:, model.n_shape:].T.reshape(model.n_expr, V, 3).cpu().numpy() * m
+
+    write_obj(out_dir / "face.obj", verts_all, model.uvs.cpu().numpy(), model.polys.cpu().numpy(),
+              model.poly_uvs.cpu().numpy(), mtl_name="face")
+    write_mtl(out_dir / "face.mtl", MATERIAL, "albedo.png")
+    albedo_png(fit.albedo).save(out_dir / "albedo.png", optimize=False, compress_level=4)
+
+    weights = st.expr[0].detach().cpu().numpy().astype(np.float32)
+    names = np.array(model.expression_names)
+    np.savez_compressed(out_dir / "blendshapes.npz", neutral=neutral_all.astype(np.float32),
+                        deltas=deltas.astype(np.float16), names=names, weights=weights)
+
+    rgba = render_full(ctx, model, st, fit.albedo, fit.K_full)
+    Image.fromarray(rgba, "RGBA").save(out_dir / "render.png", compress_level=4)
+    a = rgba[..., 3:4].astype(np.float32) / 255
+    overlay = (rgba[..., :3].astype(np.float32) * a + photo.astype(np.float32) * (1 - a))
+    Image.fromarray((overlay + 0.5).clip(0, 255).astype(np.uint8)).save(out_dir / "overlay.png", compress_level=4)
+
+    R = rotation_matrix(st.rot.detach())[0].cpu().numpy()
+    t = st.trans.detach()[0].cpu().numpy()
+    sh = st.sh.detach()[0].cpu().numpy()
+    K = fit.K_full
+    params = dict(shape=st.shape.detach()[0].cpu().numpy(), expression=weights, expression_names=names,
+                  rotation=R, rotation_axis_angle=st.rot.detach()[0].cpu().numpy(), translation_cm=t,
+                  focal_px=np.float32(K.fx), sh=sh, texture_model=np.array(fit.texture.name))
+    if hasattr(fit.texture, "latent"):
+        params["texture_latent"] = fit.texture.latent.detach().cpu().numpy()
+    np.savez(out_dir / "params.npz", **params)
+
+    result = {
+        "schema": SCHEMA,
+        "engine": __version__,
+        "photo": info["photo"],
+        "image": {"width": K.width, "height": K.height},
+        "camera": {**K.as_dict(), "focal_source": info.get("focal_source", "default"),
+                   "world_to_camera": world_to_camera_matrix(R, t, m).tolist(),
+                   "near": 0.05, "far": 10.0},
+        "lighting": {"model": "sh2", "coefficients": sh.tolist(),
+                     "note": "irradiance = sh_basis(n_camera) @ coefficients, see engine/lighting.py"},
+        "expression": {"names": model.expression_names, "weights": weights.tolist()},
+        "shape": st.shape.detach()[0].cpu().numpy().tolist(),
+        "landmarks": {"scheme": info.get("landmark_scheme", "ibug68"),
+                      "detected68": np.round(fit.det68, 2).tolist(),
+                      "projected68": np.round(fit.proj68, 2).tolist()},
+        "face": info.get("face", {}),
+        "losses": fit.losses,
+        "metrics": fit.metrics,
+        "timings": info.get("timings", {}),
+        "peak_rss_mb": info.get("peak_rss_mb"),
+        "device": info.get("device"), "backend": info.get("backend"), "threads": info.get("threads"),
+        "preset": info.get("preset"), "seed": info.get("seed"),
+        "models": info.get("models", {}),
+        "mesh": {"vertices": int(V), "polygons": int(len(model.polys)),
+                 "fitted_vertices": int(model.n_fit_vertices)},
+        "files": {"obj": "face.obj", "mtl": "face.mtl", "albedo": "albedo.png",
+                  "blendshapes": "blendshapes.npz", "render": "render.png", "overlay": "overlay.png",
+                  "params": "params.npz", "log": "engine.log"},
+    }
+    if report:
+        from .report import write_report
+        write_report(out_dir / "report.png", photo, overlay.astype(np.uint8), np.asarray(albedo_png(fit.albedo)),
+                     fit.history, fit.metrics)
+        result["files"]["report"] = "report.png"
+    return result
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,317 @@
+"""``python -m engine fit``: the command around the fitter - protocol, cancel, logging, the
+temporary result folder and error codes (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .. import __version__
+from ..errors import CancelledError, EngineError, MissingModelError, OutputError
+from ..protocol import Emitter, is_cancel
+
+log = logging.getLogger("engine")
+
+# Share of the whole run each stage takes, for the progress bar's fraction.
+STAGES = ("load", "detect", "coarse", "fine", "write")
+STAGE_SPAN = {"load": (0.0, 0.05), "detect": (0.05, 0.08), "coarse": (0.08, 0.15),
+              "fine": (0.15, 0.85), "write": (0.85, 1.0)}
+
+
+def peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(r / (1024 * 1024) if sys.platform == "darwin" else r / 1024, 1)
+
+
+class Run:
+    """One fit run's plumbing."""
+
+    def __init__(self, args: argparse.Namespace, emitter: Emitter):
+        self.args = args
+        self.emit = emitter
+        self.cancel_event = threading.Event()
+        self.t_start = time.perf_counter()
+        self.stage_t0 = self.t_start
+        self.stage = "load"
+
+    # progress ------------------------------------------------------------------------------
+    def set_stage(self, name: str) -> None:
+        self.stage = name
+        self.stage_t0 = time.perf_counter()
+        self.emit.send("stage", name=name, index=STAGES.index(name), count=len(STAGES))
+        log.info("stage: %s", name)
+
+    def progress(self, stage: str, step: int, total: int, losses: dict) -> None:
+        if self.stage != stage:
+            self.set_stage(stage)
+        lo, hi = STAGE_SPAN[stage]
+        frac = lo + (hi - lo) * step / max(total, 1)
+        elapsed = time.perf_counter() - self.t_start
+        stage_elapsed = time.perf_counter() - self.stage_t0
+        eta = None
+        if step > 0 and stage == "fine":
+            eta = stage_elapsed / step * (total - step) + 0.1 * elapsed
+        elif frac > 0.2:
+            eta = elapsed / frac * (1 - frac)
+        self.emit.send("progress", stage=stage, step=step, total=total, fraction=round(frac, 4),
+                       losses={k: round(v, 6) for k, v in losses.items()}, elapsed=round(elapsed, 2),
+                       eta=None if eta is None else round(eta, 1))
+
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def check_cancel(self) -> None:
+        if self.cancelled():
+            raise CancelledError("The fit was cancelled.")
+
+
+def _stdin_watcher(run: Run) -> None:
+    try:
+        for line in sys.stdin:
+            if is_cancel(line):
+                log.info("cancel requested on stdin")
+                run.cancel_event.set()
+                return
+    except (OSError, ValueError):
+        return
+
+
+def _protocol_stream():
+    """Keep the real stdout for the protocol; anything else written to fd 1 (libraries, C code)
+    goes to stderr, so it can never corrupt the stream."""
+    try:
+        sys.stdout.flush()
+        fd = os.dup(1)
+        os.dup2(2, 1)
+        stream = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
+    except (OSError, ValueError):
+        stream = sys.__stdout__
+    sys.stdout = sys.stderr
+    return stream
+
+
+def _setup_logging(verbose_stream) -> logging.Handler:
+    root = logging.getLogger("engine")
+    root.setLevel(logging.INFO)
+    root.handlers.clear()
+    h = logging.StreamHandler(verbose_stream)
+    h.setFormatter(logging.Formatter("[engine] %(message)s"))
+    root.addHandler(h)
+    return h
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    stream = _protocol_stream() if args.json_progress else None
+    emitter = Emitter(stream)
+    _setup_logging(sys.stderr)
+    run = Run(args, emitter)
+
+    old_handlers = {}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        log.info("signal %d: cancelling", signum)
+        run.cancel_event.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old_handlers[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (e.g. called from tests)
+            pass
+    if args.json_progress:
+        threading.Thread(target=_stdin_watcher, args=(run,), daemon=True, name="stdin-cancel").start()
+
+    out = Path(args.output).expanduser().absolute()
+    work: Path | None = None
+    preview_dir: Path | None = None
+    file_handler: logging.Handler | None = None
+    try:
+        if out.exists() and not args.overwrite:
+            raise OutputError(f"The output folder already exists: {out}. Choose another folder or "
+                              "pass --overwrite to replace it.")
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"The output path exists and is not a folder: {out}.")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        except OSError as e:
+            raise OutputError(f"Cannot write the result folder {out}: {e.strerror or e}. Choose a "
+                              "folder you can write to.") from e
+        file_handler = logging.FileHandler(work / "engine.log", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("engine").addHandler(file_handler)
+        if args.json_progress:
+            preview_dir = Path(tempfile.mkdtemp(prefix="ganfit-preview-"))
+        result = _fit(run, args, out, work, preview_dir)
+        return 0 if result else 1
+    except EngineError as e:
+        code, exit_code, msg = e.code, e.exit_code, e.message
+        detail = e.detail
+        if isinstance(e, CancelledError):
+            msg = "The fit was cancelled; nothing was written."
+    except KeyboardInterrupt:
+        code, exit_code, msg, detail = "cancelled", 130, "The fit was cancelled; nothing was written.", None
+    except MemoryError:
+        code, exit_code = "internal", 1
+        msg = "The engine ran out of memory. Use a smaller photo or the 'fast' preset."
+        detail = traceback.format_exc()
+    except Exception as e:  # noqa: BLE001 - every failure becomes one protocol error
+        code, exit_code = "internal", 1
+        msg = f"Internal error: {type(e).__name__}: {e}. Please report it with the engine log."
+        detail = traceback.format_exc()
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        if file_handler is not None:
+            logging.getLogger("engine").removeHandler(file_handler)
+            file_handler.close()
+        if preview_dir is not None:
+            shutil.rmtree(preview_dir, ignore_errors=True)
+    # Failure: nothing half-written stays behind.
+    if work is not None and work.exists():
+        if detail:
+            log.error("%s", detail)
+        shutil.rmtree(work, ignore_errors=True)
+    log.error("error (%s): %s", code, msg)
+    emitter.send("error", code=code, exit_code=exit_code, msg=msg, detail=detail)
+    return exit_code
+
+
+def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir: Path | None) -> bool:
+    import numpy as np
+    import torch
+
+    from .. import render
+    from ..camera import DEFAULT_FOCAL_35MM, Intrinsics, focal_px_from_35mm
+    from ..io.image import load_photo, read_exif_focal_35mm
+    from ..models.facemodel import load_face_model
+    from .config import get_config
+    from .fitter import Fitter
+    from .results import write_json, write_result
+
+    timings: dict[str, float] = {}
+    run.set_stage("load")
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    device = _pick_device(args.device)
+    ctx = render.create_context(device)
+    run.emit.send("hello", engine=__version__, python=platform.python_version(), torch=torch.__version__,
+                  device=str(device), backend=ctx.backend, threads=threads, pid=os.getpid())
+    log.info("engine %s, torch %s, device %s, backend %s, %d threads", __version__, torch.__version__,
+             device, ctx.backend, threads)
+    photo_path = Path(args.photo).expanduser().absolute()
+    t = time.perf_counter()
+    photo = load_photo(photo_path)
+    run.check_cancel()
+    H, W = photo.shape[:2]
+    f35 = args.focal_35mm or read_exif_focal_35mm(photo_path)
+    focal_source = "user" if args.focal_35mm else ("exif" if f35 else "default")
+    K_full = Intrinsics.from_focal(focal_px_from_35mm(f35 or DEFAULT_FOCAL_35MM, W, H), W, H)
+    cfg = get_config(args.preset, seed=args.seed, texture_res=args.texture_res,
+                     fit_expression=not args.neutral).capped(args.max_steps)
+    if args.recognizer == "none":
+        from dataclasses import replace
+        cfg = replace(cfg, identity=False)
+    model = load_face_model(device)
+    recognizer = None
+    if cfg.identity:
+        from ..perception.recognizer import load_recognizer
+        recognizer = load_recognizer(args.recognizer, path=args.recognizer_path, device=device)
+    texture_factory = _texture_factory(args, device, cfg)
+    timings["load"] = time.perf_counter() - t
+    run.check_cancel()
+
+    run.set_stage("detect")
+    t = time.perf_counter()
+    from ..perception.landmarks import blendshapes_to_ict, detect_faces, select_face
+    faces = detect_faces(photo, backend=args.landmarks, device=str(device))
+    face = select_face(faces, args.face_index, path=photo_path)
+    timings["detect"] = time.perf_counter() - t
+    box = [float(x) for x in face.box]
+    if min(box[2] - box[0], box[3] - box[1]) < 60:
+        log.warning("the face is small (%.0f px); the fit and texture will be coarse", box[2] - box[0])
+    run.check_cancel()
+
+    preview_fn = None
+    if preview_dir is not None:
+        from PIL import Image
+
+        def preview_fn(img: np.ndarray, step: int) -> None:
+            p = preview_dir / f"preview_{step:04d}.png"
+            Image.fromarray(img).save(p)
+            run.emit.send("preview", path=str(p), step=step)
+
+    fitter = Fitter(model, cfg, ctx, device, recognizer=recognizer, texture_factory=texture_factory,
+                    cancel=run.cancelled, progress=run.progress, preview=preview_fn)
+    expr_init = blendshapes_to_ict(face.blendshapes) if face.blendshapes else None
+    run.set_stage("coarse")
+    dense = face.landmarks.astype(np.float64) if face.scheme == "mediapipe478" else None
+    fit = fitter.fit(photo, face.landmarks68.astype(np.float64), K_full, expr_init=expr_init, dense=dense)
+    timings.update(fit.timings)
+    run.check_cancel()
+
+    run.set_stage("write")
+    t = time.perf_counter()
+    info = {
+        "photo": str(photo_path), "focal_source": focal_source, "landmark_scheme": face.scheme,
+        "face": {"index": args.face_index, "box": box, "score": float(face.score), "count": len(faces)},
+        "device": str(device), "backend": ctx.backend, "threads": threads, "preset": cfg.preset,
+        "seed": args.seed,
+        "models": {"face_model": "ict-facekit-light", "landmarks": args.landmarks,
+                   "recognizer": recognizer.name if recognizer is not None else None,
+                   "texture": fit.texture.name},
+    }
+    result = write_result(work, fit, model, ctx, photo, info, report=args.report)
+    run.check_cancel()
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - run.t_start
+    result["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    result["peak_rss_mb"] = peak_rss_mb()
+    write_json(work / "result.json", result)
+    run.check_cancel()
+
+    # Into place: an earlier result is replaced only with --overwrite, and only now.
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+    log.info("result written to %s in %.1f s (peak RSS %.0f MB)", out, timings["total"], result["peak_rss_mb"])
+    summary = {"total_s": result["timings"]["total"],
+               "landmark_error_iod": round(fit.metrics.get("landmark_error_iod", float("nan")), 4),
+               "identity_cosine": fit.metrics.get("identity_cosine")}
+    run.emit.send("result", dir=str(out), result_json=str(out / "result.json"), summary=summary)
+    return True
+
+
+def _pick_device(name: str):
+    import torch
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise MissingModelError("CUDA was requested but this torch build sees no CUDA GPU. Use "
+                                    "--device cpu, or install a CUDA build of torch.")
+        return torch.device("cuda")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _texture_factory(args, device, cfg):
+    from .texture import GeneratorTexture, TexelTexture, load_generator
+    if args.texture_model in (None, "", "texel"):
+        return lambda base: TexelTexture(base)
+    module, meta = load_generator(args.texture_model, device)
+    res = min(cfg.texture_res, 512)
+    return lambda base: GeneratorTexture(module, meta, resolution=res, seed=cfg.seed)

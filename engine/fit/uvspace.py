@@ -1,0 +1,206 @@
+"""UV-space work: rasterising the mesh into its atlas, unwrapping the photo into texels, texel
+visibility, and completing and padding the final albedo.
+
+Atlas memory layout is the renderer's texture layout: row i is v = (i + 0.5) / T (row 0 = v = 0,
+the bottom of the OBJ atlas). The face box (see ``facemodel``) is mirror-symmetric: column j of the
+face box mirrors column ``face_w - 1 - j``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import render
+from ..camera import Intrinsics, project
+
+# Plausible colours (linear-ish sRGB in [0,1]) for carried parts the photo never shows.
+SCLERA = (0.80, 0.77, 0.74)
+IRIS = (0.28, 0.18, 0.11)
+PUPIL = (0.03, 0.03, 0.03)
+MOUTH = (0.35, 0.13, 0.12)
+SOCKET = (0.20, 0.10, 0.09)
+
+
+@dataclass
+class UVRaster:
+    """The mesh rasterised into its own atlas (computed once per texture size)."""
+
+    rast: torch.Tensor        # (1, T, T, 4) over ALL carried triangles
+    tri_id: torch.Tensor      # (T, T) long, -1 where no triangle
+    region: torch.Tensor      # (T, T) long region index of the texel's polygon, -1 empty
+    res: int
+
+    @property
+    def covered(self) -> torch.Tensor:
+        return self.tri_id >= 0
+
+
+def uv_raster(ctx, model, res: int) -> UVRaster:
+    uv = model.uvs
+    pos = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], 1)[None]
+    rast, _ = render.rasterize(ctx, pos.contiguous(), model.tri_uvs, (res, res), grad_db=False)
+    tri_id = rast[0, ..., 3].long() - 1
+    poly = torch.where(tri_id >= 0, _tri_poly(model)[tri_id.clamp_min(0)], torch.full_like(tri_id, -1))
+    region = torch.where(poly >= 0, model.poly_region[poly.clamp_min(0)], torch.full_like(poly, -1))
+    return UVRaster(rast.detach(), tri_id, region, res)
+
+
+def _tri_poly(model) -> torch.Tensor:
+    # Quads become two consecutive triangles (0-1-2, 0-2-3); rebuild the triangle -> polygon map.
+    if not hasattr(model, "_tri_poly_cache"):
+        sizes = torch.where(model.polys[:, 3] >= 0, 2, 1)
+        model._tri_poly_cache = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+    return model._tri_poly_cache
+
+
+def face_box_pixels(model, res: int) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) of the face box in atlas memory (row 0 = v 0)."""
+    u0, v0, s = model.atlas_boxes["face"]
+    return int(round(v0 * res)), int(round((v0 + s) * res)), int(round(u0 * res)), int(round((u0 + s) * res))
+
+
+def mirror_face(img: torch.Tensor, model) -> torch.Tensor:
+    """Mirror the face box left/right (img: (..., T, T, C) atlas layout); other texels unchanged."""
+    T = img.shape[-2]
+    r0, r1, c0, c1 = face_box_pixels(model, T)
+    out = img.clone()
+    out[..., r0:r1, c0:c1, :] = img[..., r0:r1, c0:c1, :].flip(-2)
+    return out
+
+
+def texel_geometry(ctx, uvr: UVRaster, verts_cam: torch.Tensor, normals_cam: torch.Tensor, model):
+    """Camera-space position and normal of every texel of the fitted face (zeros elsewhere).
+
+    verts_cam/normals_cam: (1, Vf, 3) of the fitted part. Returns (pos, nrm, mask) with
+    pos, nrm (1, T, T, 3) and mask (T, T) bool (texels that belong to the fitted face).
+    """
+    nf = model.fit_tri_count
+    mask = (uvr.tri_id >= 0) & (uvr.tri_id < nf)
+    # Interpolate with the rast restricted to fitted triangles (ids beyond the fitted part -> 0).
+    rast = uvr.rast.clone()
+    rast[..., 3] = torch.where(mask, rast[..., 3], torch.zeros_like(rast[..., 3]))
+    pos, _ = render.interpolate(verts_cam, rast, model.fit_tris)
+    nrm, _ = render.interpolate(normals_cam, rast, model.fit_tris)
+    nrm = F.normalize(nrm, dim=-1, eps=1e-9)
+    return pos, nrm, mask
+
+
+def unwrap(photo: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: Intrinsics,
+           pos: torch.Tensor, nrm: torch.Tensor, mask: torch.Tensor, depth_tol: float = 0.6):
+    """Sample the photo at every texel's projection and say how well each texel is seen.
+
+    Args:
+        photo: (1, H, W, 3) in [0,1]; valid: (1, H, W) 1 inside the photo; depth: (1, H, W) camera
+        distance (-Z, cm) of the rendered face, 0 where empty; K: the photo crop's intrinsics;
+        pos, nrm: (1, T, T, 3) texel camera-space positions and unit normals; mask: (T, T).
+    Returns:
+        colour (1, T, T, 3) and confidence (1, T, T) in [0, 1] (0 where hidden, off-photo,
+        back-facing or not part of the fitted face; cosine^2 falloff toward grazing angles).
+    """
+    T = pos.shape[1]
+    H, W = photo.shape[1:3]
+    pix = project(pos.view(1, -1, 3), K).view(1, T, T, 2)
+    grid = torch.stack([pix[..., 0] / W * 2 - 1, pix[..., 1] / H * 2 - 1], -1)
+    colour = F.grid_sample(photo.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border",
+                           align_corners=False).permute(0, 2, 3, 1)
+    near = lambda img: F.grid_sample(img[:, None], grid, mode="nearest", padding_mode="zeros",  # noqa: E731
+                                     align_corners=False)[:, 0]
+    d_render = near(depth)
+    inside = near(valid) > 0.5
+    d_texel = -pos[..., 2]
+    visible = (d_render > 0) & (d_texel <= d_render + depth_tol)
+    view = F.normalize(-pos, dim=-1, eps=1e-9)
+    cos = (nrm * view).sum(-1).clamp_min(0)
+    conf = cos.pow(2) * visible * inside * mask[None]
+    # Fade the last few pixels at the outline: antialiased edges mix in the background.
+    conf = conf * ((cos - 0.15) / 0.25).clamp(0, 1)
+    return colour, conf
+
+
+def pull_push(img: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> torch.Tensor:
+    """Fill texels of zero weight from weighted neighbours at ever coarser scales.
+
+    img: (1, T, T, C); weight: (1, T, T) >= 0. Texels with weight keep a blend toward their own
+    value (weight 1 = exactly their own). Used for hole filling and seam padding.
+    """
+    x = img.permute(0, 3, 1, 2)
+    w = weight[:, None].clamp(0, 1)
+    pyr = [(x * w, w)]
+    for _ in range(levels):
+        cx, cw = pyr[-1]
+        if cx.shape[-1] <= 2:
+            break
+        pyr.append((F.avg_pool2d(cx, 2), F.avg_pool2d(cw, 2)))
+    cx, cw = pyr[-1]
+    cur = cx / cw.clamp_min(1e-8)
+    for cx, cw in reversed(pyr[:-1]):
+        up = F.interpolate(cur, size=cx.shape[-2:], mode="bilinear", align_corners=False)
+        own = cx / cw.clamp_min(1e-8)
+        a = cw.clamp(0, 1)
+        cur = own * a + up * (1 - a)
+    return cur.permute(0, 2, 3, 1)
+
+
+def complete_albedo(albedo: torch.Tensor, conf: torch.Tensor, uvr: UVRaster, model,
+                    symmetric: bool = True) -> torch.Tensor:
+    """The final atlas: fitted albedo where seen, its mirror where only the other side was seen,
+    neighbours' colours further out, skin tone on the carried head, generic eyes and mouth, and
+    every empty texel padded from its island (no seams under mip-mapping).
+
+    albedo: (1, T, T, 3) the fitted albedo; conf: (1, T, T) texel confidence from ``unwrap``;
+    symmetric: fill poorly seen texels from their mirror image (off for a generator's texture).
+    """
+    T = albedo.shape[1]
+    region = uvr.region
+    names = model.region_names
+    rid = {n: i for i, n in enumerate(names)}
+    face = (region == rid["face"])[None]
+
+    # 1. Symmetry: where this side is poorly seen and its mirror is well seen, take the mirror.
+    a_m = mirror_face(albedo, model)
+    c_m = mirror_face(conf[..., None], model)[..., 0]
+    w_own = conf.pow(2)
+    w_mir = 0.7 * c_m.pow(2) if symmetric else torch.zeros_like(c_m)
+    blended = (albedo * w_own[..., None] + a_m * w_mir[..., None]) / (w_own + w_mir).clamp_min(1e-6)[..., None]
+    seen = ((conf + c_m) > 1e-3) & face
+    weight = torch.clamp((w_own + w_mir) * 4, 0, 1) * seen
+
+    # 2. Skin tone from well-seen skin; unseen face texels fade toward it far from seen ones.
+    good = (conf > 0.5) & face
+    skin = albedo[good].median(0).values if good.any() else torch.tensor([0.6, 0.45, 0.38], device=albedo.device)
+    filled = pull_push(blended, weight.float())
+    reach = pull_push(weight[..., None].float(), (weight > 0).float())[..., 0]  # ~how close to seen
+    face_img = filled * reach[..., None].clamp(0, 1).sqrt() + skin * (1 - reach[..., None].clamp(0, 1).sqrt())
+    face_img = torch.where(weight[..., None] > 0, filled, face_img)
+
+    out = torch.zeros_like(albedo)
+    out = torch.where(face[..., None], face_img, out)
+
+    # 3. Carried parts the photo never shows.
+    dev = albedo.device
+    col = lambda c: torch.tensor(c, device=dev)  # noqa: E731
+    head = (region == rid["head_neck"])[None]
+    out = torch.where(head[..., None], skin * 0.97, out)
+    mouth = (region == rid["mouth_socket"])[None]
+    out = torch.where(mouth[..., None], col(MOUTH), out)
+    sockets = ((region == rid["eye_socket_left"]) | (region == rid["eye_socket_right"]))[None]
+    out = torch.where(sockets[..., None], col(SOCKET), out)
+    sclera = ((region == rid["sclera_left"]) | (region == rid["sclera_right"]))[None]
+    out = torch.where(sclera[..., None], col(SCLERA), out)
+    iris = ((region == rid["iris_left"]) | (region == rid["iris_right"]))[None]
+    if iris.any():
+        rows, cols = torch.nonzero(iris[0], as_tuple=True)
+        cy, cx = rows.float().mean(), cols.float().mean()
+        rad = torch.sqrt((rows.float() - cy) ** 2 + (cols.float() - cx) ** 2).max().clamp_min(1)
+        yy, xx = torch.meshgrid(torch.arange(T, device=dev).float(), torch.arange(T, device=dev).float(),
+                                indexing="ij")
+        r = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / rad
+        iris_col = torch.where((r < 0.35)[..., None], col(PUPIL), col(IRIS) * (1.1 - 0.4 * r[..., None]))
+        out = torch.where(iris[..., None], iris_col[None], out)
+
+    # 4. Pad every island outward (fills the gaps between islands too).
+    covered = (region >= 0)[None].float()
+    return pull_push(out, covered).clamp(0, 1)
