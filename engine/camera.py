@@ -135,8 +135,10 @@ def world_to_camera_matrix(R: np.ndarray, t: np.ndarray, scale: float = 1.0) -> 
 
 
 def solve_pose_weak_perspective(pts3d: np.ndarray, pts2d: np.ndarray, K: Intrinsics,
-                                weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Initial pose from 2D-3D correspondences (a PnP start), scaled-orthographic then depth.
+                                weights: np.ndarray | None = None, iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Initial pose from 2D-3D correspondences (a PnP start): scaled orthography refined by
+    POSIT-style iterations (each point's image position is rescaled by its depth relative to the
+    centroid's, which turns the perspective problem back into a weak-perspective one).
 
     Args:
         pts3d: (N, 3) model-space points (cm); pts2d: (N, 2) pixels (y down); K: intrinsics.
@@ -145,24 +147,28 @@ def solve_pose_weak_perspective(pts3d: np.ndarray, pts2d: np.ndarray, K: Intrins
     """
     w = np.ones(len(pts3d)) if weights is None else np.asarray(weights, float)
     w = w / w.sum()
-    # Image points in a y-up frame centred on the principal point.
-    q = np.stack([pts2d[:, 0] - K.cx, -(pts2d[:, 1] - K.cy)], 1)
-    P = pts3d - (w[:, None] * pts3d).sum(0)
-    qc = q - (w[:, None] * q).sum(0)
-    # Least squares affine camera A (2x3): qc ~ P @ A.T
-    Wd = np.sqrt(w)[:, None]
-    A, *_ = np.linalg.lstsq(P * Wd, qc * Wd, rcond=None)
-    A = A.T
-    s = (np.linalg.norm(A[0]) + np.linalg.norm(A[1])) / 2
-    r1, r2 = A[0] / np.linalg.norm(A[0]), A[1] / np.linalg.norm(A[1])
-    r3 = np.cross(r1, r2)
-    U, _, Vt = np.linalg.svd(np.stack([r1, r2, r3 / max(np.linalg.norm(r3), 1e-9)]))
-    R = U @ Vt
-    if np.linalg.det(R) < 0:
-        R = U @ np.diag([1, 1, -1]) @ Vt
-    depth = K.fx / s  # scale = f / depth
+    # Image points in a y-up frame centred on the principal point, in focal units.
+    q0 = np.stack([(pts2d[:, 0] - K.cx) / K.fx, -(pts2d[:, 1] - K.cy) / K.fy], 1)
     centroid3 = (w[:, None] * pts3d).sum(0)
-    centroid2 = (w[:, None] * q).sum(0)
-    t = np.array([centroid2[0] * depth / K.fx, centroid2[1] * depth / K.fy, -depth]) - R @ centroid3
-    # Keep the centroid at the right depth (the formula above centres it).
+    P = pts3d - centroid3
+    Wd = np.sqrt(w)[:, None]
+    ratio = np.ones(len(pts3d))
+    R, t = np.eye(3), np.array([0.0, 0.0, -1.0])
+    for _ in range(max(1, iterations)):
+        q = q0 * ratio[:, None]
+        qm = (w[:, None] * q).sum(0)
+        A, *_ = np.linalg.lstsq(P * Wd, (q - qm) * Wd, rcond=None)
+        A = A.T  # (2, 3): q - qm ~ A @ P
+        s = (np.linalg.norm(A[0]) + np.linalg.norm(A[1])) / 2
+        r1, r2 = A[0] / np.linalg.norm(A[0]), A[1] / np.linalg.norm(A[1])
+        r3 = np.cross(r1, r2)
+        U, _, Vt = np.linalg.svd(np.stack([r1, r2, r3 / max(np.linalg.norm(r3), 1e-9)]))
+        R = U @ Vt
+        if np.linalg.det(R) < 0:
+            R = U @ np.diag([1, 1, -1]) @ Vt
+        depth = 1.0 / s  # scale = 1 / depth in focal units
+        # The centroid sits at (qm * depth, -depth) in camera space (the camera looks down -Z).
+        t = np.array([qm[0] * depth, qm[1] * depth, -depth]) - R @ centroid3
+        # Each point's distance from the camera relative to the centroid's.
+        ratio = (depth - (P @ R.T)[:, 2]) / depth
     return R, t

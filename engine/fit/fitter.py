@@ -434,7 +434,7 @@ class Fitter:
         for _ in range(4):
             sw = w.sqrt()[:, None]
             A = Bm * sw
-            reg = torch.eye(9, device=C.device) * 1e-3 * len(C)
+            reg = torch.eye(9, device=C.device) * 1e-5 * len(C)
             reg[0, 0] = 0
             M = torch.linalg.solve(A.T @ A + reg, A.T @ (C * sw))
             r = (Bm @ M - C).abs().mean(-1)

@@ -120,27 +120,28 @@ def unwrap(photo: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: Int
     return colour, conf
 
 
-def pull_push(img: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> torch.Tensor:
-    """Fill texels of zero weight from weighted neighbours at ever coarser scales.
+def pull_push(img: torch.Tensor, weight: torch.Tensor, levels: int = 16) -> torch.Tensor:
+    """Fill texels of zero weight from weighted neighbours at ever coarser scales (Gortler et al.'s
+    pull-push: a coarse cell's weight is the *sum* of its children's, capped at 1, so a hole takes
+    its colour from the nearest known texels rather than from whichever region is largest).
 
     img: (1, T, T, C); weight: (1, T, T) >= 0. Texels with weight keep a blend toward their own
     value (weight 1 = exactly their own). Used for hole filling and seam padding.
     """
-    x = img.permute(0, 3, 1, 2)
+    c = img.permute(0, 3, 1, 2)
     w = weight[:, None].clamp(0, 1)
-    pyr = [(x * w, w)]
+    pyr = [(c, w)]
     for _ in range(levels):
-        cx, cw = pyr[-1]
-        if cx.shape[-1] <= 2:
+        c, w = pyr[-1]
+        if max(c.shape[-2:]) <= 1:
             break
-        pyr.append((F.avg_pool2d(cx, 2), F.avg_pool2d(cw, 2)))
-    cx, cw = pyr[-1]
-    cur = cx / cw.clamp_min(1e-8)
-    for cx, cw in reversed(pyr[:-1]):
-        up = F.interpolate(cur, size=cx.shape[-2:], mode="bilinear", align_corners=False)
-        own = cx / cw.clamp_min(1e-8)
-        a = cw.clamp(0, 1)
-        cur = own * a + up * (1 - a)
+        ws = F.avg_pool2d(w, 2, ceil_mode=True) * 4
+        cs = F.avg_pool2d(c * w, 2, ceil_mode=True) * 4
+        pyr.append((cs / ws.clamp_min(1e-12), ws.clamp(0, 1)))
+    cur = pyr[-1][0]
+    for c, w in reversed(pyr[:-1]):
+        up = F.interpolate(cur, size=c.shape[-2:], mode="bilinear", align_corners=False)
+        cur = c * w + up * (1 - w)
     return cur.permute(0, 2, 3, 1)
 
 

@@ -1,0 +1,121 @@
+"""Camera conventions, rotation parameterisation, PnP start and SH lighting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine import render
+from engine.camera import (Intrinsics, focal_px_from_35mm, matrix_to_axis_angle, project,
+                           rotation_matrix, solve_pose_weak_perspective, to_camera, to_clip)
+from engine.lighting import ambient_coeffs, sh_basis, shade, shading
+from engine.models.facemodel import load_face_model
+
+
+def test_rotation_roundtrip_and_gradcheck():
+    torch.manual_seed(0)
+    aa = torch.randn(6, 3, dtype=torch.float64) * 0.8
+    aa[0] = 0
+    R = rotation_matrix(aa)
+    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(6, 3, 3), atol=1e-12)
+    assert torch.allclose(torch.det(R), torch.ones(6, dtype=torch.float64))
+    for i in range(1, 6):
+        assert np.allclose(matrix_to_axis_angle(R[i].numpy()), aa[i].numpy(), atol=1e-9)
+    assert torch.autograd.gradcheck(rotation_matrix, (aa.requires_grad_(),))
+
+
+def test_project_matches_clip_and_pixel_centres():
+    K = Intrinsics(500.0, 500.0, 64.0, 48.0, 128, 96)
+    pts = torch.tensor([[[0.0, 0.0, -50.0], [3.0, -2.0, -40.0], [-5.0, 4.0, -70.0]]])
+    uv = project(pts, K)
+    assert torch.allclose(uv[0, 0], torch.tensor([64.0, 48.0]))
+    assert uv[0, 1, 0] > 64 and uv[0, 1, 1] > 48  # +X right, +Y up -> v down
+    clip = to_clip(pts, K)
+    ndc = clip[..., :2] / clip[..., 3:]
+    assert torch.allclose((ndc[..., 0] + 1) / 2 * K.width, uv[..., 0], atol=1e-4)
+    assert torch.allclose((ndc[..., 1] + 1) / 2 * K.height, uv[..., 1], atol=1e-4)
+    z = clip[..., 2] / clip[..., 3]
+    assert (z > -1).all() and (z < 1).all()
+
+
+def test_roundtrip_project_rasterise_recover():
+    """Project the model, rasterise, and read back camera-space positions at projected vertices."""
+    model = load_face_model()
+    H, W = 160, 128
+    K = Intrinsics(420.0, 420.0, 61.3, 83.7, W, H)
+    R = rotation_matrix(torch.tensor([[0.1, -0.3, 0.05]]))
+    t = torch.tensor([[1.0, 2.0, -70.0]])
+    cam = to_camera(model(None, None), R, t)
+    ctx = render.create_context("cpu")
+    rast, _ = render.rasterize(ctx, to_clip(cam, K).contiguous(), model.fit_tris, (H, W))
+    pos, _ = render.interpolate(cam.contiguous(), rast, model.fit_tris)
+    uv = project(cam, K)[0]
+    # Pick front-facing vertices near the nose; they are visible.
+    idx = model.landmarks68[27:36]
+    for i in idx.tolist():
+        u, v = uv[i].tolist()
+        col, row = int(u), int(v)  # the pixel whose area contains the projected point
+        assert rast[0, row, col, 3] > 0
+        got = pos[0, row, col]
+        # The pixel centre is within half a pixel of the point: compare in pixels.
+        back = project(got[None, None], K)[0, 0]
+        assert abs(back[0] - (col + 0.5)) < 1e-3 and abs(back[1] - (row + 0.5)) < 1e-3
+        assert torch.linalg.norm(got - cam[0, i]) < 0.5  # cm
+
+
+def test_weak_perspective_pnp_recovers_pose():
+    model = load_face_model()
+    pts3 = model.vertices_neutral[model.landmarks68[17:]].numpy().astype(np.float64)
+    K = Intrinsics.from_focal(900.0, 640, 480)
+    aa = np.array([0.1, 0.35, -0.05])
+    R = rotation_matrix(torch.tensor(aa)[None])[0].numpy()
+    t = np.array([2.0, -3.0, -60.0])
+    cam = pts3 @ R.T + t
+    uv = project(torch.tensor(cam)[None], K)[0].numpy()
+    R0, t0 = solve_pose_weak_perspective(pts3, uv, K)
+    ang = math.degrees(math.acos(np.clip((np.trace(R0.T @ R) - 1) / 2, -1, 1)))
+    assert ang < 6
+    assert abs(t0[2] - t[2]) < 0.12 * abs(t[2])
+    reproj = project(torch.tensor(pts3 @ R0.T + t0)[None], K)[0].numpy()
+    assert np.abs(reproj - uv).mean() < 8  # pixels; the fit refines from here
+
+
+def test_intrinsics_focal_crop_scale():
+    assert focal_px_from_35mm(43.2666, 3000, 2000) == pytest.approx(math.hypot(3000, 2000), rel=1e-4)
+    K = Intrinsics.from_focal(1000, 800, 600)
+    pts = torch.tensor([[[1.0, 2.0, -50.0]]])
+    uv = project(pts, K)[0, 0]
+    Kc = K.cropped(100, 50, 400, 400).scaled(0.5)
+    uvc = project(pts, Kc)[0, 0]
+    assert torch.allclose(uvc, (uv - torch.tensor([100.0, 50.0])) * 0.5, atol=1e-4)
+
+
+def test_sh_ambient_is_identity_and_lighting_least_squares():
+    torch.manual_seed(0)
+    n = torch.nn.functional.normalize(torch.randn(1, 8, 8, 3), dim=-1)
+    a = torch.rand(1, 8, 8, 3)
+    assert torch.allclose(shade(a, n, ambient_coeffs()), a)
+    # A light from +x brightens normals facing +x.
+    sh = ambient_coeffs()
+    sh[:, 3] = 0.5
+    s = shading(torch.tensor([[[[1.0, 0, 0], [-1.0, 0, 0]]]]), sh)
+    assert s[0, 0, 0, 0] > 1 > s[0, 0, 1, 0]
+    assert sh_basis(n).shape == (1, 8, 8, 9)
+
+
+def test_solve_lighting_recovers_known_sh():
+    from engine.fit.config import get_config
+    from engine.fit.fitter import Fitter
+    model = load_face_model()
+    f = Fitter(model, get_config("fast"), render.create_context("cpu"), torch.device("cpu"))
+    torch.manual_seed(1)
+    n = torch.nn.functional.normalize(torch.randn(1, 64, 64, 3) + torch.tensor([0, 0, 1.5]), dim=-1)
+    sh = ambient_coeffs()
+    sh[0, 1:4] = torch.tensor([[0.2, 0.1, 0.1], [0.3, 0.3, 0.3], [-0.2, -0.25, -0.2]])
+    skin = torch.tensor([0.5, 0.35, 0.3])
+    colour = skin * shading(n, sh)
+    got = f._solve_lighting(colour, n, torch.ones(1, 64, 64))
+    assert torch.allclose(got[0, :4], sh[0, :4], atol=0.03)
