@@ -135,7 +135,7 @@ def _detect(args: argparse.Namespace) -> int:
         from .perception.landmarks import detect_faces, select_face
         img = load_photo(args.photo)
         faces = detect_faces(img)
-        select_face(faces, 0, photo=args.photo)
+        select_face(faces, 0, path=args.photo)
     except EngineError as e:
         if args.json:
             print(json.dumps({"error": {"code": e.code, "msg": e.message}}))
@@ -150,8 +150,8 @@ def _detect(args: argparse.Namespace) -> int:
             item["landmarks_dense"] = f.landmarks.round(2).tolist()
         out["faces"].append(item)
     if args.debug_image:
-        from .perception.landmarks import draw_landmarks
-        draw_landmarks(img, faces, args.debug_image)
+        from .perception.draw import draw_faces
+        draw_faces(img, faces).save(args.debug_image)
     if args.json:
         print(json.dumps(out))
     else:

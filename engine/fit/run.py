@@ -200,7 +200,6 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     from .results import write_json, write_result
 
     timings: dict[str, float] = {}
-    run.set_stage("load")
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     device = _pick_device(args.device)
@@ -209,6 +208,7 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
                   device=str(device), backend=ctx.backend, threads=threads, pid=os.getpid())
     log.info("engine %s, torch %s, device %s, backend %s, %d threads", __version__, torch.__version__,
              device, ctx.backend, threads)
+    run.set_stage("load")
     photo_path = Path(args.photo).expanduser().absolute()
     t = time.perf_counter()
     photo = load_photo(photo_path)
