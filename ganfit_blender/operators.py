@@ -1,0 +1,261 @@
+"""Operators: fit a photo, cancel a fit, import a result folder."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+
+from . import importer, paths, preferences, runner
+from .properties import PRESET_ITEMS, TEXTURE_RES_ITEMS
+
+_OP_PRESET_ITEMS = (("SCENE", "Scene", "Use the scene's GANFit settings"),) + PRESET_ITEMS
+_OP_TEXRES_ITEMS = (("SCENE", "Scene", "Use the scene's GANFit settings"),) + TEXTURE_RES_ITEMS
+
+
+class FitError(Exception):
+    """A fit that cannot start or did not produce a result; the message is for the user."""
+
+
+def _photo_from_image(image: bpy.types.Image) -> str:
+    """A file path for a Blender image: its own file if unchanged on disk, else a PNG copy."""
+    src = bpy.path.abspath(image.filepath) if image.filepath else ""
+    if src and Path(src).is_file() and not image.packed_file and not image.is_dirty:
+        return src
+    out = Path(tempfile.gettempdir()) / "ganfit" / "photos" / f"{bpy.path.clean_name(image.name)}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    copy = image.copy()
+    try:
+        copy.filepath_raw = str(out)
+        copy.file_format = "PNG"
+        copy.save()
+    except RuntimeError as exc:
+        raise FitError(f"Cannot write image '{image.name}' for the engine: {exc}") from exc
+    finally:
+        bpy.data.images.remove(copy)
+    return str(out)
+
+
+def _result_base(prefs: Any) -> Path:
+    if prefs is not None and prefs.result_location == "CUSTOM" and prefs.result_dir.strip():
+        return Path(bpy.path.abspath(prefs.result_dir))
+    return paths.results_base(bpy.data.filepath)
+
+
+class GANFIT_OT_fit(bpy.types.Operator):
+    """Fit a 3D face to the photo and import it with its texture, expression shape keys and camera"""
+
+    bl_idname = "ganfit.fit"
+    bl_label = "Fit Face"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="Photo", subtype="FILE_PATH",
+                             description="Photo to fit (empty: the scene's GANFit photo)")
+    preset: EnumProperty(name="Preset", items=_OP_PRESET_ITEMS, default="SCENE")
+    texture_resolution: EnumProperty(name="Texture", items=_OP_TEXRES_ITEMS, default="SCENE")
+    fit_expression: BoolProperty(name="Fit Expression", default=True)
+    create_camera: BoolProperty(name="Create Camera", default=True)
+    output_dir: StringProperty(name="Result Folder", subtype="DIR_PATH",
+                               description="Result folder to create (empty: automatic)")
+    max_steps: IntProperty(name="Max Steps", default=0, min=0,
+                           description="Cap the steps of each stage (0: the preset's); for quick "
+                                       "looks and tests", options={"HIDDEN", "SKIP_SAVE"})
+
+    _job: runner.Job | None = None
+    _timer: Any = None
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return runner.active_job() is None
+
+    # -- resolving inputs ------------------------------------------------------------------
+    def _opt(self, context: Any, name: str) -> Any:
+        """The operator's value if set by the caller, else the scene setting."""
+        settings = getattr(context.scene, "ganfit", None)
+        if self.properties.is_property_set(name) or settings is None:
+            return getattr(self, name)
+        return getattr(settings, name)
+
+    def _start(self, context: Any) -> runner.Job:
+        prefs = preferences.get_prefs(context)
+        settings = getattr(context.scene, "ganfit", None)
+        photo = bpy.path.abspath(self.filepath) if self.filepath else ""
+        if not photo and settings is not None:
+            if settings.source == "IMAGE" and settings.photo_image is not None:
+                photo = _photo_from_image(settings.photo_image)
+            elif settings.photo_path:
+                photo = bpy.path.abspath(settings.photo_path)
+        if not photo:
+            raise FitError("Choose a photo first")
+        if not Path(photo).is_file():
+            raise FitError(f"Photo not found: {photo}")
+
+        preset = self.preset
+        if preset == "SCENE":
+            preset = settings.preset if settings is not None else "DEFAULT"
+        if preset == "DEFAULT":
+            preset = prefs.default_preset if prefs is not None else "balanced"
+        texres = self.texture_resolution
+        if texres == "SCENE":
+            texres = settings.texture_resolution if settings is not None else "PRESET"
+        texture_res = int(texres) if texres.isdigit() else None
+
+        python, err = preferences.resolve_engine_python(prefs)
+        if python is None:
+            raise FitError(err)
+        extra_args, extra_env = preferences.engine_options(prefs)
+        out = (Path(bpy.path.abspath(self.output_dir)) if self.output_dir
+               else paths.new_result_dir(_result_base(prefs), photo))
+        device = prefs.device if prefs is not None else "auto"
+        try:
+            return runner.start_fit(photo, out, python=python, preset=preset, device=device,
+                                    texture_res=texture_res,
+                                    neutral=not self._opt(context, "fit_expression"),
+                                    max_steps=self.max_steps or None, extra_args=extra_args,
+                                    extra_env=extra_env)
+        except runner.FitStartError as exc:
+            raise FitError(str(exc)) from exc
+
+    def _finish(self, context: Any, job: runner.Job) -> set[str]:
+        wm_rt = getattr(context.window_manager, "ganfit", None)
+        if job.state != "done":
+            msg = job.error_message() or "The fit did not finish"
+            if wm_rt is not None:
+                wm_rt.last_error = msg
+            self.report({"ERROR"} if job.state == "failed" else {"WARNING"}, msg)
+            return {"CANCELLED"}
+        folder = (job.result or {}).get("dir") or str(job.result_dir)
+        try:
+            ob = importer.import_result(folder, context,
+                                        create_camera=self._opt(context, "create_camera"))
+        except importer.ResultImportError as exc:
+            if wm_rt is not None:
+                wm_rt.last_error = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        summary = runner.format_summary((job.result or {}).get("summary") or {})
+        self.report({"INFO"}, f"Imported {ob.name} ({summary})")
+        return {"FINISHED"}
+
+    # -- entry points ----------------------------------------------------------------------
+    def execute(self, context: Any) -> set[str]:
+        """Blocking run: background mode, scripts and EXEC_DEFAULT calls."""
+        try:
+            job = self._start(context)
+        except FitError as exc:
+            self._report_error(context, str(exc))
+            return {"CANCELLED"}
+        try:
+            runner.wait(job)
+        except KeyboardInterrupt:
+            job.client.stop(grace=2.0)
+            runner.wait(job, timeout=10)
+        return self._finish(context, job)
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        try:
+            self._job = self._start(context)
+        except FitError as exc:
+            self._report_error(context, str(exc))
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: Any, event: Any) -> set[str]:
+        job = self._job
+        if job is None:
+            return {"CANCELLED"}
+        if event.type == "ESC" and event.value == "PRESS":
+            job.cancel()
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        runner.poll()
+        if not job.finished:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        self._timer = None
+        return self._finish(context, job)
+
+    def cancel(self, context: Any) -> None:
+        # Blender ends the modal operator (e.g. the window closes): do not leave the child running.
+        if self._job is not None and not self._job.finished:
+            self._job.cancel()
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+
+    def _report_error(self, context: Any, msg: str) -> None:
+        rt = getattr(context.window_manager, "ganfit", None)
+        if rt is not None:
+            rt.last_error = msg
+            rt.running = False
+        self.report({"ERROR"}, msg)
+
+
+class GANFIT_OT_cancel(bpy.types.Operator):
+    """Stop the running fit"""
+
+    bl_idname = "ganfit.cancel"
+    bl_label = "Cancel Fit"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        job = runner.active_job()
+        return job is not None and not job.client.cancel_requested
+
+    def execute(self, context: Any) -> set[str]:
+        job = runner.active_job()
+        if job is None:
+            return {"CANCELLED"}
+        job.cancel()
+        rt = getattr(context.window_manager, "ganfit", None)
+        if rt is not None:
+            rt.message = "Cancelling..."
+        return {"FINISHED"}
+
+
+class GANFIT_OT_import_result(bpy.types.Operator):
+    """Import a GANFit result folder (face mesh, texture, expression shape keys, camera)"""
+
+    bl_idname = "ganfit.import_result"
+    bl_label = "Import GANFit Result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    directory: StringProperty(name="Result Folder", subtype="DIR_PATH")
+    create_camera: BoolProperty(name="Create Camera", default=True)
+    shape_keys: BoolProperty(name="Expression Shape Keys", default=True)
+    pack_texture: BoolProperty(name="Pack Texture", default=False,
+                               description="Store albedo.png inside the .blend")
+
+    def execute(self, context: Any) -> set[str]:
+        if not self.directory:
+            self.report({"ERROR"}, "Choose a result folder")
+            return {"CANCELLED"}
+        t0 = time.monotonic()
+        try:
+            ob = importer.import_result(bpy.path.abspath(self.directory), context,
+                                        create_camera=self.create_camera,
+                                        shape_keys=self.shape_keys,
+                                        pack_texture=self.pack_texture)
+        except importer.ResultImportError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Imported {ob.name} in {time.monotonic() - t0:.1f} s")
+        return {"FINISHED"}
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+
+classes = (GANFIT_OT_fit, GANFIT_OT_cancel, GANFIT_OT_import_result)

@@ -1,0 +1,95 @@
+"""Where things live on disk: the bundled engine, result folders, logs. No bpy here.
+
+The installed extension bundles the engine next to the add-on's own modules
+(``<extension>/engine/__main__.py``, staged by ``build.py``); in a source checkout the engine is the
+repository root's ``engine/`` one level above this package.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+ADDON_DIR = Path(__file__).resolve().parent
+
+
+def _is_engine_root(folder: Path) -> bool:
+    return (folder / "engine" / "__main__.py").is_file()
+
+
+def find_engine_root(addon_dir: Path = ADDON_DIR) -> Path | None:
+    """The folder that must be on ``PYTHONPATH`` so that ``python -m engine`` works.
+
+    Args:
+        addon_dir: this package's folder (the extension folder once installed).
+
+    Returns:
+        The first of ``addon_dir`` (bundled engine) and ``addon_dir.parent`` (source checkout) that
+        holds ``engine/__main__.py``, else None.
+    """
+    for candidate in (addon_dir, addon_dir.parent):
+        if _is_engine_root(candidate):
+            return candidate
+    return None
+
+
+def _safe_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem).strip("._")
+    return stem[:48] or "photo"
+
+
+def results_base(blend_filepath: str) -> Path:
+    """The folder that collects result folders: ``<blend dir>/ganfit`` next to a saved .blend,
+    else ``<temp>/ganfit`` (an unsaved file has no folder of its own)."""
+    if blend_filepath:
+        return Path(blend_filepath).resolve().parent / "ganfit"
+    return Path(tempfile.gettempdir()) / "ganfit"
+
+
+def new_result_dir(base: Path, photo: str) -> Path:
+    """A result folder path under ``base`` that does not exist yet (the engine creates it).
+
+    The name carries the photo's stem and a timestamp so that runs never collide and sort by time.
+    """
+    stem = _safe_stem(photo)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        suffix = "" if n == 0 else f"-{n}"
+        candidate = base / f"{stem}-{stamp}{suffix}"
+        # The engine writes to a temporary sibling then renames; avoid both names being taken.
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(f"Could not find a free result folder name under {base}")
+
+
+def log_path_for(result_dir: Path) -> Path:
+    """Where the client sends the engine's stderr: a hidden file next to (not inside) the result
+    folder, because the engine creates the result folder itself, atomically, at the very end."""
+    logs = result_dir.parent / ".logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"{result_dir.name}.stderr.log"
+
+
+def preview_copy_path(result_dir: Path) -> Path:
+    """Our private copy of the engine's latest preview PNG (the engine's file is short-lived)."""
+    logs = result_dir.parent / ".logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"{result_dir.name}.preview.png"
+
+
+def engine_env(engine_root: Path | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the engine subprocess: ``engine`` importable, unbuffered output, and none of
+    Blender's own Python settings (``PYTHONHOME``/``PYTHONPATH`` would point a foreign interpreter
+    at Blender's standard library)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH",
+                                                           "PYTHONSTARTUP", "PYTHONEXECUTABLE")}
+    if engine_root is not None:
+        env["PYTHONPATH"] = str(engine_root)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    if extra:
+        env.update(extra)
+    return env

@@ -1,0 +1,58 @@
+"""Source of a stand-in ``engine`` package for the add-on's operator plumbing tests.
+
+It speaks the protocol and copies a prepared result folder; it is not a fit. Modes (env
+FAKE_MODE): ok, no_face, crash, slow (runs until cancelled).
+"""
+
+MAIN = r'''
+import json, os, shutil, sys, threading, time
+argv = sys.argv[1:]
+if argv[:1] == ["check"]:
+    print(json.dumps({"ok": True, "torch": "fake", "device": "cpu", "backends": ["cpu"],
+                      "models": {"face_model": True}}))
+    sys.exit(0)
+out = argv[argv.index("-o") + 1]
+mode = os.environ.get("FAKE_MODE", "ok")
+with open(os.environ["FAKE_ARGV_LOG"], "w") as fh:
+    json.dump(argv, fh)
+def send(**m):
+    m["v"] = 1
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+cancelled = threading.Event()
+def watch():
+    for line in sys.stdin:
+        if "cancel" in line:
+            cancelled.set(); return
+threading.Thread(target=watch, daemon=True).start()
+send(type="hello", engine="fake", torch="none", device="cpu", pid=os.getpid())
+send(type="stage", name="load", index=0, count=5)
+if mode == "no_face":
+    send(type="error", code="no_face", exit_code=4, msg="No face found in the photo: use a photo with one clearly visible face.")
+    sys.exit(4)
+if mode == "crash":
+    print("Traceback (most recent call last): boom", file=sys.stderr, flush=True)
+    os._exit(1)
+tmp = os.path.dirname(out) + "/.preview-fake.png"
+shutil.copyfile(os.path.join(os.environ["FAKE_RESULT"], "albedo.png"), tmp)
+send(type="preview", path=tmp, step=0)
+n = 400 if mode == "slow" else 3
+for i in range(n):
+    if cancelled.is_set():
+        send(type="error", code="cancelled", exit_code=130, msg="Cancelled.")
+        sys.exit(130)
+    send(type="progress", stage="fine", step=i, total=n, fraction=i / n, eta=(n - i) * 0.05,
+         losses={"photo": 0.1}, elapsed=0.1)
+    time.sleep(0.05 if mode == "slow" else 0.0)
+shutil.copytree(os.environ["FAKE_RESULT"], out)
+send(type="result", dir=out, result_json=out + "/result.json",
+     summary={"total_s": 0.2, "landmark_error_iod": 0.02, "identity_cosine": 0.7})
+'''
+
+
+def write(root):
+    """Create ``root/engine/__main__.py`` (and ``__init__.py``)."""
+    pkg = root / "engine"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(MAIN)
+    return root

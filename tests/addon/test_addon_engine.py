@@ -1,0 +1,194 @@
+"""The add-on with the real engine: `python -m engine fit ... --preset fast --max-steps 4`.
+
+Skipped (with the reason) until the engine's fit command exists. Each fit takes ~30 s on 2 CPU
+cores; the successful fit runs once per module and its result folder is reused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bpy
+from addon_testlib import ADDON, PHOTO, pid_gone
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("real_engine", "addon")]
+
+MAX_STEPS = 4
+_CACHE: dict[str, str] = {}
+
+
+def _runner():
+    return importlib.import_module(f"{ADDON}.runner")
+
+
+def _photo_size(path: Path) -> tuple[int, int]:
+    img = bpy.data.images.load(str(path), check_existing=False)
+    try:
+        return tuple(img.size)
+    finally:
+        bpy.data.images.remove(img)
+
+
+def _meshes():
+    return [o for o in bpy.data.objects if o.type == "MESH"]
+
+
+def _fit(**kw):
+    return bpy.ops.ganfit.fit(filepath=str(kw.pop("photo", PHOTO)), preset="fast",
+                              max_steps=MAX_STEPS, **kw)
+
+
+def test_fit_real_engine():
+    t0 = time.monotonic()
+    assert _fit() == {"FINISHED"}
+    ob = bpy.context.view_layer.objects.active
+    assert ob is not None and ob.type == "MESH" and len(_meshes()) == 1
+    assert len(ob.data.vertices) > 1000 and len(ob.data.polygons) > 1000
+    keys = ob.data.shape_keys.key_blocks
+    assert len(keys) == 54 and keys[0].name == "Basis"
+    assert "jawOpen" in keys
+    scene = bpy.context.scene
+    assert (scene.render.resolution_x, scene.render.resolution_y) == _photo_size(PHOTO)
+    assert scene.camera is not None and scene.camera.data.background_images[0].image is not None
+    img = ob.data.materials[0].node_tree.nodes["GANFit Albedo"].image
+    assert img.size[0] > 0 and img.size[0] == img.size[1]
+    assert 0 < ob["ganfit_landmark_error_iod"] < 0.5 and len(ob["ganfit_shape"]) == 100
+    rt = bpy.context.window_manager.ganfit
+    assert not rt.running and rt.progress == 1.0 and "landmark error" in rt.last_summary
+    job = _runner().jobs()[-1]
+    assert job.state == "done" and pid_gone(job.pid)
+    assert job.hello.get("engine") and job.preview_path  # hello and at least one preview seen
+    assert bpy.data.images.get(".ganfit_preview") is not None
+    _CACHE["result"] = ob["ganfit_result"]
+    print(f"fit + import took {time.monotonic() - t0:.1f} s")
+
+
+def _result_dir() -> Path:
+    if "result" not in _CACHE:
+        test_fit_real_engine()
+        bpy.ops.wm.read_homefile(use_empty=True)
+    return Path(_CACHE["result"])
+
+
+def test_camera_render_matches_engine_render(tmp_path):
+    """Workbench render through the imported camera vs the engine's render.png alpha."""
+    import bmesh
+    from PIL import Image
+
+    folder = _result_dir()
+    imp = importlib.import_module(f"{ADDON}.importer")
+    ob = imp.import_result(folder)
+    # render.png shows the fitted part only (the vertex group); drop the carried rest.
+    group = ob.vertex_groups[imp.FITTED_GROUP].index
+    ob.shape_key_clear()  # bake nothing: the mix equals face.obj, Basis is neutral
+    ob2 = imp.import_result(folder, create_camera=False, shape_keys=True)
+    bpy.data.objects.remove(ob)
+    deps = bpy.context.evaluated_depsgraph_get()
+    me = bpy.data.meshes.new_from_object(ob2.evaluated_get(deps))
+    bm = bmesh.new()
+    bm.from_mesh(me)
+    deform = bm.verts.layers.deform.active
+    drop = [f for f in bm.faces if any(group not in v[deform] for v in f.verts)]
+    bmesh.ops.delete(bm, geom=drop, context="FACES")
+    bm.to_mesh(me)
+    bm.free()
+    ob2.shape_key_clear()
+    ob2.data = me
+
+    scene = bpy.context.scene
+    r = scene.render
+    r.engine = "BLENDER_WORKBENCH"
+    r.film_transparent = True
+    r.resolution_percentage = 50
+    r.image_settings.file_format = "PNG"
+    r.image_settings.color_mode = "RGBA"
+    r.filepath = str(tmp_path / "blender.png")
+    bpy.ops.render.render(write_still=True)
+    ours = np.asarray(Image.open(tmp_path / "blender.png"))[..., 3] > 127
+    ref_img = Image.open(folder / "render.png")
+    ref = np.asarray(ref_img.resize(ours.shape[::-1], Image.BILINEAR))[..., 3] > 127
+    iou = (ours & ref).sum() / max(1, (ours | ref).sum())
+    print(f"IoU {iou:.4f}")
+    assert iou >= 0.95, f"IoU {iou:.3f}"
+
+
+def _kill_when(job_pred, action, timeout=120.0):
+    """Run ``action(job)`` from a helper thread once the running job satisfies ``job_pred``."""
+    state = {}
+
+    def loop():
+        t_end = time.monotonic() + timeout
+        while time.monotonic() < t_end:
+            job = _runner().active_job()
+            if job is not None and job_pred(job):
+                state["pid"] = job.pid
+                state["t"] = time.monotonic()
+                action(job)
+                return
+            time.sleep(0.05)
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    return th, state
+
+
+def _assert_clean_failure(result_parent: Path, pid: int | None) -> None:
+    assert _meshes() == []
+    assert pid is None or pid_gone(pid)
+    leftovers = [p.name for p in result_parent.iterdir() if p.name != ".logs"] \
+        if result_parent.is_dir() else []
+    assert leftovers == [], leftovers
+
+
+def test_no_face(tmp_path):
+    grey = tmp_path / "grey.png"
+    from PIL import Image
+    Image.new("RGB", (320, 320), (128, 128, 128)).save(grey)
+    out = tmp_path / "out" / "r"
+    with pytest.raises(RuntimeError, match="(?i)face"):
+        _fit(photo=grey, output_dir=str(out))
+    job = _runner().jobs()[-1]
+    assert job.error["code"] == "no_face" and job.returncode == 4
+    _assert_clean_failure(out.parent, job.pid)
+
+
+def test_engine_crash_killed_mid_fit(tmp_path):
+    out = tmp_path / "out" / "r"
+    th, st = _kill_when(lambda j: j.stage in ("coarse", "fine"),
+                        lambda j: os.kill(j.pid, 9))
+    with pytest.raises(RuntimeError, match="signal 9"):
+        _fit(output_dir=str(out))
+    th.join(5)
+    assert "pid" in st
+    job = _runner().jobs()[-1]
+    assert job.state == "failed" and job.returncode == -9
+    assert "Last log lines" in job.error_message()
+    _assert_clean_failure(out.parent, st["pid"])
+
+
+def test_cancel_mid_fit(tmp_path):
+    out = tmp_path / "out" / "r"
+    th, st = _kill_when(lambda j: j.stage in ("coarse", "fine"), lambda j: j.cancel())
+    assert _fit(output_dir=str(out)) == {"CANCELLED"}
+    t_done = time.monotonic()
+    th.join(5)
+    job = _runner().jobs()[-1]
+    assert job.state == "cancelled" and job.error["code"] == "cancelled"
+    assert t_done - st["t"] < 6.0, "cancel took too long"
+    assert "ancel" in bpy.context.window_manager.ganfit.last_error
+    _assert_clean_failure(out.parent, st["pid"])
+
+
+def test_check_engine_real():
+    from addon_testlib import REPO
+    if not (REPO / "engine" / "check.py").is_file():
+        pytest.skip("engine/check.py (`python -m engine check --json`) does not exist yet")
+    assert bpy.ops.ganfit.check_engine() == {"FINISHED"}
+    info = importlib.import_module(f"{ADDON}.preferences").STATUS["check"]
+    assert "torch" in info

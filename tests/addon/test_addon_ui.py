@@ -1,0 +1,126 @@
+"""Panel and preferences draw code, run against a recording stand-in for UILayout (headless
+Blender has no UI): every prop/operator they name must exist, and draw must not fail in each
+state (idle, running with a preview, error)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import bpy
+import pytest
+
+from addon_testlib import ADDON
+
+pytestmark = pytest.mark.usefixtures("addon")
+
+
+class FakeLayout:
+    def __init__(self, log: list) -> None:
+        self._log = log
+        self.enabled = True
+        self.scale_y = 1.0
+
+    def _sub(self, *a, **k):
+        return FakeLayout(self._log)
+
+    row = column = box = split = _sub
+
+    def prop(self, data, name, **kw):
+        assert hasattr(data, name) or name in data.bl_rna.properties, f"no property {name}"
+        self._log.append(("prop", name))
+
+    def operator(self, idname, **kw):
+        mod, _, op = idname.partition(".")
+        assert hasattr(bpy.types, f"{mod.upper()}_OT_{op}"), f"no operator {idname}"
+        self._log.append(("operator", idname))
+        return SimpleNamespace()
+
+    def label(self, text="", icon="NONE", **kw):
+        self._log.append(("label", text))
+
+    def progress(self, factor=0.0, type="BAR", text=""):
+        assert 0.0 <= factor <= 1.0
+        self._log.append(("progress", text))
+
+    def template_ID(self, data, name, **kw):
+        assert name in data.bl_rna.properties
+        self._log.append(("template_ID", name))
+
+    def template_icon(self, icon_value=0, scale=1.0):
+        self._log.append(("template_icon", icon_value))
+
+
+def _draw_panel() -> list:
+    panel_mod = importlib.import_module(f"{ADDON}.panel")
+    log: list = []
+    fake = SimpleNamespace(layout=FakeLayout(log))
+    fake._draw_running = lambda layout, rt: panel_mod.GANFIT_PT_main._draw_running(fake, layout, rt)
+    panel_mod.GANFIT_PT_main.draw(fake, bpy.context)
+    return log
+
+
+def test_panel_idle_and_error():
+    log = _draw_panel()
+    assert ("operator", "ganfit.fit") in log and ("prop", "photo_path") in log
+    bpy.context.scene.ganfit.source = "IMAGE"
+    assert ("template_ID", "photo_image") in _draw_panel()
+    bpy.context.window_manager.ganfit.last_error = "No face found.\nsecond line"
+    assert ("label", "No face found.") in _draw_panel()
+
+
+def test_panel_running_with_preview(addon, tmp_path, monkeypatch, fake_result_master):
+    import fake_engine_pkg
+    root = fake_engine_pkg.write(tmp_path / "fake_root")
+    monkeypatch.setattr(importlib.import_module(f"{ADDON}.paths"), "find_engine_root",
+                        lambda *a, **k: root)
+    monkeypatch.setenv("FAKE_RESULT", str(fake_result_master))
+    monkeypatch.setenv("FAKE_ARGV_LOG", str(tmp_path / "argv.json"))
+    monkeypatch.setenv("FAKE_MODE", "slow")
+    runner = importlib.import_module(f"{ADDON}.runner")
+    photo = fake_result_master.parent / "result_photo.png"
+    job = runner.start_fit(str(photo), tmp_path / "out" / "r", python=sys.executable,
+                           preset="fast", device="cpu")
+    try:
+        t0 = time.monotonic()
+        while not job.preview_path and time.monotonic() - t0 < 10:
+            runner.poll()
+            time.sleep(0.02)
+        assert job.preview_path and Path(job.preview_path).is_file()
+        img = bpy.data.images[".ganfit_preview"]
+        assert tuple(img.size) == (64, 64)
+        log = _draw_panel()
+        assert any(k == "progress" for k, _ in log)
+        assert ("operator", "ganfit.cancel") in log and ("operator", "ganfit.fit") not in log
+    finally:
+        job.client.stop(grace=1.0)
+        runner.poll()
+
+
+def test_preferences_draw_states():
+    prefs_mod = importlib.import_module(f"{ADDON}.preferences")
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    for status in ({"checked": False},
+                   {"checked": True, "python": "", "python_error": "No engine Python",
+                    "install": {"state": "running", "fraction": 0.3, "message": "torch"}},
+                   {"checked": True, "python": sys.executable, "python_error": "",
+                    "check": {"torch": "2", "device": "cpu", "backends": {"cpu": True},
+                              "models": ["a"], "ok": True}, "check_error": ""},
+                   {"checked": True, "python": sys.executable, "check": None,
+                    "check_error": "The engine check failed\nline 2"}):
+        saved = dict(prefs_mod.STATUS)
+        prefs_mod.STATUS.update(status)
+        try:
+            log: list = []
+            prefs_mod.GANFIT_AP_preferences.draw(SimpleNamespace(
+                layout=FakeLayout(log), **{k: getattr(prefs, k) for k in (
+                    "engine_python", "device", "default_preset", "result_location",
+                    "result_dir", "insightface_dir", "face_alignment_dir",
+                    "texture_checkpoint")}), bpy.context)
+        finally:
+            prefs_mod.STATUS.clear()
+            prefs_mod.STATUS.update(saved)
+        assert ("operator", "ganfit.check_engine") in log
