@@ -39,7 +39,7 @@ class Rates:
     shape: float = 0.05
     expression: float = 0.02
     light: float = 0.01
-    texture: float = 0.01
+    texture: float = 0.004       # linear albedo units per step, split over the pyramid levels
 
 
 @dataclass(frozen=True)

@@ -71,19 +71,45 @@ class Crop:
     valid: torch.Tensor   # (1, res, res) 1 where the crop lies inside the photo
     K: Intrinsics
 
+    skin: torch.Tensor | None = None  # (1, res, res) 1 inside the detected face outline
+
     def to_crop(self, pts: np.ndarray) -> np.ndarray:
         return (pts - np.array([self.x0, self.y0])) * (self.res / self.side)
+
+    @property
+    def face_valid(self) -> torch.Tensor:
+        """Where the photo may be compared with the face: inside the photo and, when the detector
+        gave a face outline, inside it (no background or hair past the outline)."""
+        return self.valid if self.skin is None else self.valid * self.skin
+
+    def set_outline(self, outline: np.ndarray | None, shrink: float = 0.97) -> None:
+        """Rasterise the detector's face outline (full-res pixels), shrunk a little toward its
+        centre so that the outline's own error does not let background in."""
+        if outline is None:
+            self.skin = None
+            return
+        pts = self.to_crop(outline)
+        c = pts.mean(0)
+        pts = c + (pts - c) * shrink
+        from PIL import ImageDraw
+        m = Image.new("L", (self.res, self.res), 0)
+        ImageDraw.Draw(m).polygon([tuple(map(float, p)) for p in pts], fill=255)
+        self.skin = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None].to(self.image.device)
 
 
 def make_crop(photo: np.ndarray, center: np.ndarray, side: float, res: int, K_full: Intrinsics,
               device) -> Crop:
     x0, y0 = float(center[0] - side / 2), float(center[1] - side / 2)
-    box = (x0, y0, x0 + side, y0 + side)
     img = Image.fromarray(photo)
-    # Image.transform with an EXTENT box resamples any (even out-of-bounds) region in one pass.
-    resample = Image.Resampling.BICUBIC if side <= res * 2 else Image.Resampling.BOX
-    crop = img.transform((res, res), Image.Transform.EXTENT, box, resample=resample, fillcolor=(0, 0, 0))
     ones = Image.new("L", img.size, 255)
+    # Shrinking a lot: box-filter by an integer factor first (exact with pixel-corner coordinates),
+    # then resample the (even out-of-bounds) square with an EXTENT transform.
+    k = max(1, int(side / (2 * res)))
+    if k > 1:
+        img, ones = img.reduce(k), ones.reduce(k)
+    box = (x0 / k, y0 / k, (x0 + side) / k, (y0 + side) / k)
+    crop = img.transform((res, res), Image.Transform.EXTENT, box, resample=Image.Resampling.BICUBIC,
+                         fillcolor=(0, 0, 0))
     valid = ones.transform((res, res), Image.Transform.EXTENT, box, resample=Image.Resampling.BILINEAR,
                            fillcolor=0)
     t = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0)[None].to(device)
@@ -193,6 +219,11 @@ class Fitter:
         side = float(max(hi - lo) * cfg.crop_scale)
         center = (lo + hi) / 2 - np.array([0.0, 0.05 * side])  # a little headroom for the forehead
         crop = make_crop(photo, center, side, cfg.render_res, K_full, dev)
+        self._outline = None
+        if dense is not None and len(dense) >= 468:
+            from ..perception.landmarks import MEDIAPIPE_FACE_OVAL
+            self._outline = np.asarray(dense)[list(MEDIAPIPE_FACE_OVAL)]
+        crop.set_outline(self._outline)
         det = torch.from_numpy(crop.to_crop(det68)).float().to(dev)[None]  # (1, 68, 2)
         iod = float(torch.linalg.norm(det[0, 36] - det[0, 45]))
 
@@ -277,12 +308,12 @@ class Fitter:
             verts, cam, nrm_cam = self._geometry(st)
             depth = self._depth(cam, crop.K, crop.res)
             pos, nrm, mask = uvspace.texel_geometry(self.ctx, uvr_fit, cam, nrm_cam, model)
-            colour, conf = uvspace.unwrap(crop.image, crop.valid, depth, crop.K, pos, nrm, mask)
+            colour, conf = uvspace.unwrap(crop.image, crop.face_valid, depth, crop.K, pos, nrm, mask)
             colour_lin = srgb_to_linear(colour)
             narrow = self._narrow_texels(uvr_fit)
             conf = conf * narrow
             st.sh.data = self._solve_lighting(colour_lin, nrm, conf * narrow)
-            shade = shading(nrm, st.sh).clamp_min(0.05)
+            shade = shading(nrm, st.sh).clamp_min(0.3)
             base = (colour_lin / shade).clamp(0, 1)
             base = uvspace.pull_push(base, (conf > 0.02).float() * conf.clamp(0, 1))
         texture = self.texture_factory(base.detach())
@@ -330,7 +361,7 @@ class Fitter:
             self.check_cancel()
             out = self._render(st, texture(), crop, narrow_v)
             img = out["composite_srgb"]
-            cov = out["mask"] * crop.valid
+            cov = out["mask"] * crop.face_valid
             terms = {}
             terms["pixel"] = W.pixel * L.masked_l1(out["colour_srgb"], crop.image, out["narrow"] * cov)
             terms.update(self._landmark_terms(out["proj"], None, lm))
@@ -378,7 +409,7 @@ class Fitter:
             out = self._render(st, texture(), crop, narrow_v)
             final = {k: float(v) for k, v in terms.items()}
             final["pixel_l1"] = float(L.masked_l1(out["colour_srgb"], crop.image,
-                                                  out["narrow"] * out["mask"] * crop.valid))
+                                                  out["narrow"] * out["mask"] * crop.face_valid))
             proj68 = self._projected68(out["proj"][0], det[0])
             err = np.linalg.norm(proj68 - det[0].cpu().numpy(), axis=1).mean() / iod
             metrics["landmark_error_iod"] = float(err)
@@ -421,8 +452,12 @@ class Fitter:
     def _solve_lighting(self, colour_lin: torch.Tensor, nrm: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Robust least squares for SH lighting on the visible skin (IRLS, 4 rounds).
 
-        Model: colour = a * (B(n) @ c) with a per-channel albedo constant; c[0] is fixed to 1 (white
-        ambient), so ``a`` takes the skin colour and c the light's shape and tint.
+        Model: colour = a * (B(n) @ c) with a per-channel skin albedo ``a``. The split between
+        albedo and light is ambiguous up to a scale per channel (and the constant term is nearly
+        collinear with the z term for a face seen from the front), so the light is normalised to a
+        mean irradiance of 1 over the skin it was fitted on, and a ridge keeps the directional
+        terms small: the albedo then carries the average skin colour and the light only the
+        shading's variation across the face.
         """
         sel = weight[0] > 0.1
         if sel.sum() < 50:
@@ -431,19 +466,19 @@ class Fitter:
         C = colour_lin[0][sel]                # (N, 3)
         w = weight[0][sel]
         M = torch.zeros(9, 3, device=C.device)
+        reg = torch.full((9,), 0.05, device=C.device)
+        reg[0] = 0.0
+        reg[4:] = 0.3                         # second-order terms: smoother light
         for _ in range(4):
             sw = w.sqrt()[:, None]
             A = Bm * sw
-            reg = torch.eye(9, device=C.device) * 1e-5 * len(C)
-            reg[0, 0] = 0
-            M = torch.linalg.solve(A.T @ A + reg, A.T @ (C * sw))
+            M = torch.linalg.solve(A.T @ A + torch.diag(reg) * w.sum(), A.T @ (C * sw))
             r = (Bm @ M - C).abs().mean(-1)
             scale = r.median().clamp_min(1e-4) * 3
             w = weight[0][sel] * (1 / (1 + (r / scale) ** 2))  # down-weight brows, eyes, hair, lips
-        a = M[0].clamp_min(1e-3)
-        sh = (M / a).clamp(-1.5, 1.5)
-        sh[0] = 1.0
-        return sh[None]
+        mean_irr = (Bm @ M * w[:, None]).sum(0) / w.sum()   # per channel = the skin albedo
+        sh = M / mean_irr.clamp_min(1e-4)
+        return sh.clamp(-2.0, 3.0)[None]
 
     def _render(self, st: FitState, albedo: torch.Tensor, crop: Crop, narrow_v: torch.Tensor) -> dict:
         model = self.model
@@ -501,9 +536,10 @@ class Fitter:
         verts, cam, nrm_cam = self._geometry(st)
         depth = self._depth(cam, hi.K, min(hi_res, 512))
         pos, nrm, mask = uvspace.texel_geometry(self.ctx, uvr, cam, nrm_cam, model)
-        colour, conf = uvspace.unwrap(hi.image, hi.valid, depth, hi.K, pos, nrm, mask)
+        hi.set_outline(self._outline)
+        colour, conf = uvspace.unwrap(hi.image, hi.face_valid, depth, hi.K, pos, nrm, mask)
         conf = conf * self._narrow_texels(uvr)
-        delit = (srgb_to_linear(colour) / shading(nrm, st.sh).clamp_min(0.05)).clamp(0, 1)
+        delit = (srgb_to_linear(colour) / shading(nrm, st.sh).clamp_min(0.3)).clamp(0, 1)
         if isinstance(texture, TexelTexture):
             c = (conf * 3).clamp(0, 1)[..., None]
             albedo = delit * c + fitted * (1 - c)

@@ -77,10 +77,9 @@ class TexelTexture(TextureModel):
         return (self.base + self.residual()).clamp(0, 1).permute(0, 2, 3, 1)
 
     def param_groups(self, lr: float) -> list[dict]:
-        # Coarser levels get larger steps: each of their texels covers many fine texels.
-        n = len(self.levels)
-        return [{"params": [lv], "lr": lr * (2.0 ** (n - 1 - i) if i < n - 1 else 1.0) ** 0.5}
-                for i, lv in enumerate(self.levels)]
+        # Adam moves every texel of every level by about ``lr`` per step whatever its gradient,
+        # and the levels add up: split the step between them.
+        return [{"params": [lv], "lr": lr / len(self.levels)} for lv in self.levels]
 
 
 class GeneratorTexture(TextureModel):
