@@ -189,18 +189,27 @@ def complete_albedo(albedo: torch.Tensor, conf: torch.Tensor, uvr: UVRaster, mod
     out = torch.where(mouth[..., None], col(MOUTH), out)
     sockets = ((region == rid["eye_socket_left"]) | (region == rid["eye_socket_right"]))[None]
     out = torch.where(sockets[..., None], col(SOCKET), out)
-    sclera = ((region == rid["sclera_left"]) | (region == rid["sclera_right"]))[None]
-    out = torch.where(sclera[..., None], col(SCLERA), out)
-    iris = ((region == rid["iris_left"]) | (region == rid["iris_right"]))[None]
-    if iris.any():
-        rows, cols = torch.nonzero(iris[0], as_tuple=True)
-        cy, cx = rows.float().mean(), cols.float().mean()
-        rad = torch.sqrt((rows.float() - cy) ** 2 + (cols.float() - cx) ** 2).max().clamp_min(1)
-        yy, xx = torch.meshgrid(torch.arange(T, device=dev).float(), torch.arange(T, device=dev).float(),
-                                indexing="ij")
-        r = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / rad
-        iris_col = torch.where((r < 0.35)[..., None], col(PUPIL), col(IRIS) * (1.1 - 0.4 * r[..., None]))
-        out = torch.where(iris[..., None], iris_col[None], out)
+    # Eyeballs: ICT's sclera is an opaque ball in front of the iris, so paint the cornea's cap of
+    # the ball with the iris, by the angle of each texel's (neutral) 3D point from the eye's axis.
+    eyes = [(rid["sclera_left"], rid["iris_left"]), (rid["sclera_right"], rid["iris_right"])]
+    pos, _ = render.interpolate(model.vertices_neutral[None].contiguous(), uvr.rast, model.tris)
+    pos = pos[0]
+    for sclera_id, iris_id in eyes:
+        ball = (region == sclera_id) | (region == iris_id)
+        if not ball.any():
+            continue
+        vmask = model.vertex_region == sclera_id
+        centre = model.vertices_neutral[vmask].mean(0)
+        d = F.normalize(pos[ball] - centre, dim=-1)
+        ang = torch.rad2deg(torch.acos(d[:, 2].clamp(-1, 1)))  # from +Z, the eye's forward axis
+        c = torch.tensor(SCLERA, device=dev).expand(len(ang), 3).clone()
+        iris_c = torch.tensor(IRIS, device=dev) * (0.75 + 0.5 * (ang / 30.0)).clamp(0.6, 1.3)[:, None]
+        c = torch.where((ang < 30)[:, None], iris_c, c)
+        c = torch.where(((ang >= 27) & (ang < 31))[:, None], torch.tensor(IRIS, device=dev) * 0.45, c)
+        c = torch.where((ang < 11)[:, None], torch.tensor(PUPIL, device=dev), c)
+        img = out[0].clone()
+        img[ball] = c
+        out = img[None]
 
     # 4. Pad every island outward (fills the gaps between islands too).
     covered = (region >= 0)[None].float()
