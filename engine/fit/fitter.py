@@ -508,16 +508,8 @@ class Fitter:
         """Model 68 landmarks in crop pixels; the jaw ones are the closest points on the projected
         jawline to the detected jaw points (the sliding contour used by the fit)."""
         p = proj[self.model.landmarks68].clone()
-        line = proj[self.jaw_line_idx][None]
-        jt = det[L.JAW][None]
-        a, b = line[:, :-1], line[:, 1:]
-        ab = b - a
-        ap = jt[:, :, None] - a[:, None]
-        t = ((ap * ab[:, None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-9)[:, None]).clamp(0, 1)
-        closest = a[:, None] + t[..., None] * ab[:, None]
-        d2 = ((jt[:, :, None] - closest) ** 2).sum(-1)
-        idx = d2.argmin(-1)
-        p[L.JAW] = closest[0, torch.arange(len(L.JAW)), idx[0]]
+        _, closest = L.closest_on_polyline(det[L.JAW][None], proj[self.jaw_line_idx][None])
+        p[L.JAW] = closest[0]
         return p.cpu().numpy()
 
     def _final_albedo(self, st: FitState, texture: TextureModel, photo: np.ndarray, K_full: Intrinsics,

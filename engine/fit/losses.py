@@ -22,23 +22,28 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, iod: float,
     return (d2 * weights).sum(-1).mean() / weights.sum().clamp_min(1e-9)
 
 
-def point_to_polyline(points: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
-    """Distance of each point to a polyline, differentiable w.r.t. the polyline.
+def closest_on_polyline(points: torch.Tensor, line: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closest point on a polyline to each point, and its distance, differentiable w.r.t. both.
 
-    points: (B, N, 2); line: (B, M, 2) ordered vertices. Returns (B, N) distances. The closest
-    segment is chosen without gradient, so a landmark slides along the contour (this is how the
-    pose-dependent jaw landmarks are matched: the detected jaw point only needs to lie on the
-    projected jawline, not on one fixed vertex).
+    points: (B, N, 2); line: (B, M, 2) ordered vertices. Returns (distances (B, N), closest
+    (B, N, 2)). The closest segment is chosen without gradient, so a landmark slides along the
+    contour (this is how the pose-dependent jaw landmarks are matched: the detected jaw point only
+    needs to lie on the projected jawline, not on one fixed vertex).
     """
     a = line[:, :-1]  # (B, M-1, 2)
-    b = line[:, 1:]
-    ab = b - a
+    ab = line[:, 1:] - a
     ap = points[:, :, None] - a[:, None]  # (B, N, M-1, 2)
     t = ((ap * ab[:, None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-9)[:, None]).clamp(0, 1)
     closest = a[:, None] + t[..., None] * ab[:, None]
     d2 = ((points[:, :, None] - closest) ** 2).sum(-1)  # (B, N, M-1)
     idx = d2.detach().argmin(-1, keepdim=True)
-    return torch.sqrt(d2.gather(-1, idx).squeeze(-1) + 1e-9)
+    best = closest.gather(2, idx[..., None].expand(-1, -1, 1, 2)).squeeze(2)
+    return torch.sqrt(d2.gather(-1, idx).squeeze(-1) + 1e-9), best
+
+
+def point_to_polyline(points: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+    """Distance of each point to a polyline (see ``closest_on_polyline``). Returns (B, N)."""
+    return closest_on_polyline(points, line)[0]
 
 
 def contour_loss(jaw_pred_line: torch.Tensor, jaw_target: torch.Tensor, iod: float) -> torch.Tensor:

@@ -34,6 +34,8 @@ def test_point_to_polyline_slides_along_the_curve():
     assert torch.allclose(d, torch.tensor([[3.0, 2.0, 2.0]]), atol=1e-4)
     d.sum().backward()
     assert line.grad.abs().sum() > 0
+    _, closest = L.closest_on_polyline(pts, line.detach())
+    assert torch.allclose(closest, torch.tensor([[[5.0, 0.0], [10.0, 7.0], [0.0, 0.0]]]), atol=1e-5)
 
 
 def test_adam_minimises_a_quadratic():
