@@ -378,7 +378,9 @@ class Fitter:
             terms["shape_prior"] = W.shape_prior * L.shape_prior(st.shape)
             if cfg.fit_expression:
                 terms["expr_prior"] = W.expr_prior * L.expression_prior(st.expr, expr_init_t, W.expr_init / max(W.expr_prior, 1e-9))
-            terms["light_prior"] = W.light_prior * L.light_prior(st.sh)
+            # Albedo x light is only known up to a scale: keep the light's mean irradiance over the
+            # face at 1 (as the least-squares start has it), so the albedo keeps the skin's colour.
+            terms["light_prior"] = W.light_prior * L.light_prior(st.sh) + 0.1 * ((out["irr_mean"] - 1) ** 2).mean()
             if isinstance(texture, TexelTexture):
                 res = texture.residual().permute(0, 2, 3, 1)
                 alb = texture()
@@ -490,7 +492,8 @@ class Fitter:
         alb = render.texture(albedo.contiguous(), uv.contiguous(), filter_mode="linear")
         n_px, _ = render.interpolate(nrm, rast, model.fit_tris)
         n_px = F.normalize(n_px, dim=-1, eps=1e-9)
-        lin = alb * shading(n_px, st.sh)
+        irr = shading(n_px, st.sh)
+        lin = alb * irr
         mask = (rast[..., 3:4] > 0).float()
         narrow, _ = render.interpolate(narrow_v[None], rast, model.fit_tris)
         # Down-weight grazing angles: near the silhouette a pixel mixes face and background.
@@ -501,7 +504,9 @@ class Fitter:
         comp = colour_srgb * mask + crop.image * (1 - mask)
         comp = render.antialias(comp.contiguous(), rast, clip, model.fit_tris)
         proj = project(cam, crop.K)
-        return {"colour_srgb": colour_srgb, "composite_srgb": comp, "mask": mask[..., 0],
+        nw = narrow * mask
+        irr_mean = (irr * nw).sum((0, 1, 2)) / nw.sum().clamp_min(1.0)  # (3,) per channel
+        return {"colour_srgb": colour_srgb, "composite_srgb": comp, "mask": mask[..., 0], "irr_mean": irr_mean,
                 "narrow": narrow[..., 0] * mask[..., 0], "proj": proj, "rast": rast}
 
     def _projected68(self, proj: torch.Tensor, det: torch.Tensor) -> np.ndarray:

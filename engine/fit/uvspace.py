@@ -171,7 +171,10 @@ def complete_albedo(albedo: torch.Tensor, conf: torch.Tensor, uvr: UVRaster, mod
 
     # 2. Skin tone from well-seen skin; unseen face texels fade toward it far from seen ones.
     good = (conf > 0.5) & face
-    skin = albedo[good].median(0).values if good.any() else torch.tensor([0.6, 0.45, 0.38], device=albedo.device)
+    # The skin tone for unseen skin: a lower quantile of the well-seen texels, so that specular
+    # highlights (flash on the forehead and nose) do not lighten it.
+    skin = (albedo[good].quantile(0.4, dim=0) if good.sum() > 10
+            else torch.tensor([0.35, 0.22, 0.16], device=albedo.device))
     filled = pull_push(blended, weight.float())
     reach = pull_push(weight[..., None].float(), (weight > 0).float())[..., 0]  # ~how close to seen
     face_img = filled * reach[..., None].clamp(0, 1).sqrt() + skin * (1 - reach[..., None].clamp(0, 1).sqrt())
