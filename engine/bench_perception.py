@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     import torch
 
+    from .errors import EngineError
     from .io.image import load_photo
     from .perception.landmarks import MediaPipeFaceLandmarker
     from .perception.recognizer import load_recognizer
@@ -32,7 +33,11 @@ def main(argv: list[str]) -> int:
     with MediaPipeFaceLandmarker() as lm:
         out["landmarker_create_ms"] = round((time.perf_counter() - t) * 1000, 1)
         for p in a.photos or [DEMO]:
-            img = load_photo(p)
+            try:
+                img = load_photo(p)
+            except EngineError as e:
+                out["photos"][p.name] = {"error": e.message}
+                continue
             times = []
             for _ in range(max(1, a.repeats // 2)):
                 t = time.perf_counter()

@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="ganfit-bl-"))
     sys.path.insert(0, str(REPO))
-    import addon_utils
     import bpy
+    import addon_utils
 
     bpy.ops.wm.read_homefile(use_empty=True)
     addon_utils.enable("ganfit_blender", default_set=True)
