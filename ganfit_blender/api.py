@@ -1,7 +1,7 @@
 """Scripting API: ``from ganfit_blender import api`` (or ``bl_ext.<repo>.ganfit_blender.api``).
 
     ob = api.fit_photo("/photos/me.jpg", preset="fast")
-    ob = api.import_result("/tmp/ganfit/me-20250101-120000")
+    ob = api.import_result("ganfit/me-20250101-120000")
 """
 
 from __future__ import annotations

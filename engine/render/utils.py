@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ICT_NPZ = Path("/work/shared/models/ict-facekit/ict_facekit.npz")
+# Fallback mesh source when the engine's own asset is missing (a development checkout with the
+# shared data beside it; GANFIT_SHARED overrides where that is).
+ICT_NPZ = Path(os.environ.get("GANFIT_SHARED", Path(__file__).resolve().parents[3] / "shared")) / "models" / "ict-facekit" / "ict_facekit.npz"
 
 
 def perspective(focal: float, aspect: float = 1.0, near: float = 1.0, far: float = 1000.0,
