@@ -19,7 +19,10 @@ normalised coordinates span the image as [0, 1], hence pixel = normalised * (W, 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +129,30 @@ def _downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, tuple[floa
 # MediaPipe backend
 
 
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Hold back what native code (mediapipe's absl/glog, TFLite) writes to fd 2: a dozen INFO and
+    WARNING lines per start that look like errors to a user. Replayed if the block raises."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2 (embedded interpreters): nothing to hide
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            sys.stderr.flush()
+            os.dup2(tmp.fileno(), 2)
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            sys.stderr.write(tmp.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class MediaPipeFaceLandmarker:
     """The bundled FaceLandmarker, reusable over many images. Close it (or use ``with``).
 
@@ -164,7 +191,8 @@ class MediaPipeFaceLandmarker:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=False,
         )
-        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        with _native_stderr_captured():
+            self._landmarker = vision.FaceLandmarker.create_from_options(options)
 
     def close(self) -> None:
         if self._landmarker is not None:
@@ -186,7 +214,8 @@ class MediaPipeFaceLandmarker:
         h, w = small.shape[:2]
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
                                   data=np.ascontiguousarray(small))
-        result = self._landmarker.detect(mp_image)
+        with _native_stderr_captured():
+            result = self._landmarker.detect(mp_image)
         faces: list[Face] = []
         blend_lists = result.face_blendshapes or []
         for k, lms in enumerate(result.face_landmarks or []):
