@@ -238,3 +238,36 @@ def test_render_model(tmp_path):
     img = np.asarray(Image.open(out))
     assert img.shape == (192, 384, 3)
     assert img.std() > 10  # not blank
+
+
+@needs_photo
+def test_fit_with_a_generator_texture_model(tmp_path):
+    """GANFit proper: the texture is a generator's output and p_t its latent."""
+    import torch
+
+    from engine.fit.texture import save_generator
+
+    class Generator(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 3 * 8 * 8)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            x = self.fc(z).view(-1, 3, 8, 8)
+            return torch.tanh(torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear",
+                                                              align_corners=False))
+
+    torch.manual_seed(0)
+    gen = tmp_path / "gen.pt"
+    save_generator(Generator(), gen, latent_dim=8)
+    out = tmp_path / "out"
+    p = run_engine("fit", str(PHOTO), "-o", str(out), "--preset", "fast", "--max-steps", "3",
+                   "--texture-model", str(gen), "--texture-res", "256")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "result.json").read_text())
+    assert r["models"]["texture"] == "generator"
+    params = np.load(out / "params.npz")
+    assert params["texture_latent"].shape == (1, 8)
+    p = run_engine("fit", str(PHOTO), "-o", str(tmp_path / "out2"), "--texture-model",
+                   str(tmp_path / "missing.pt"), "--json-progress")
+    assert p.returncode == 5 and messages(p.stdout)[-1]["code"] == "missing_model"
