@@ -145,7 +145,7 @@ class FitOutput:
     losses: dict[str, float]
     metrics: dict[str, float]
     timings: dict[str, float]
-    history: dict[str, list[float]] = field(default_factory=dict)
+    history: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[str, int, int, dict], None]
@@ -165,7 +165,7 @@ class Fitter:
         self._cancel = cancel or (lambda: False)
         self._progress = progress or (lambda *a: None)
         self._preview = preview
-        self.history: dict[str, list[float]] = {}
+        self.history: dict[str, dict[str, list[tuple[int, float]]]] = {}  # stage -> term -> (step, value)
         jaw = torch.cat([model.jawline_right_extended, model.landmarks68[8:9], model.jawline_left_extended])
         self.jaw_line_idx = jaw
         self.lm_inner_idx = model.landmarks68[L.INNER]
@@ -180,10 +180,10 @@ class Fitter:
         if self._cancel():
             raise CancelledError("The fit was cancelled.")
 
-    def _record(self, losses: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    def _record(self, stage: str, step: int, losses: dict[str, torch.Tensor | float]) -> dict[str, float]:
         out = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
         for k, v in out.items():
-            self.history.setdefault(k, []).append(v)
+            self.history.setdefault(stage, {}).setdefault(k, []).append((step, v))
         return out
 
     def _subset_basis(self, idx: torch.Tensor):
@@ -296,7 +296,7 @@ class Fitter:
                 opt_shape.step()
                 model.clamp_expression(st.expr)
             if step % 5 == 0 or step == n_coarse - 1:
-                self._progress("coarse", step + 1, n_coarse, self._record(terms))
+                self._progress("coarse", step + 1, n_coarse, self._record("coarse", step + 1, terms))
         timings["coarse"] = time.perf_counter() - t0
 
         # --- stage 2: unwrap and lighting -------------------------------------------------
@@ -398,7 +398,7 @@ class Fitter:
             opt.step()
             model.clamp_expression(st.expr)
             if step % 2 == 0 or step == n_fine - 1:
-                self._progress("fine", step + 1, n_fine, self._record(terms))
+                self._progress("fine", step + 1, n_fine, self._record("fine", step + 1, terms))
             if step in preview_at:
                 self._preview((img[0].detach().cpu().numpy() * 255).astype(np.uint8), step)
         timings["fine"] = time.perf_counter() - t2

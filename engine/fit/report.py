@@ -8,7 +8,8 @@ import numpy as np
 
 
 def write_report(path: Path, photo: np.ndarray, overlay: np.ndarray, albedo: np.ndarray,
-                 history: dict[str, list[float]], metrics: dict[str, float]) -> None:
+                 history: dict[str, dict[str, list[tuple[int, float]]]], metrics: dict[str, float]) -> None:
+    """``history``: stage -> loss term -> [(step, weighted value), ...] as the fit recorded it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -20,14 +21,19 @@ def write_report(path: Path, photo: np.ndarray, overlay: np.ndarray, albedo: np.
         ax.imshow(img)
         ax.set_title(title)
         ax.axis("off")
-    ax = fig.add_subplot(gs[1, :])
-    for name, values in sorted(history.items()):
-        if values:
-            ax.plot(np.arange(len(values)), values, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("recorded step (coarse, then fine)")
-    ax.set_ylabel("weighted loss")
-    ax.legend(ncol=4, fontsize=8)
+    stages = [s for s in ("coarse", "fine") if history.get(s)]
+    sub = gs[1, :].subgridspec(1, max(1, len(stages)))
+    for j, stage in enumerate(stages):
+        ax = fig.add_subplot(sub[0, j])
+        for name, points in sorted(history[stage].items()):
+            steps, values = zip(*points)
+            if max(values) > 0:
+                ax.plot(steps, values, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{stage} step")
+        ax.set_ylabel("weighted loss")
+        ax.set_title(f"{stage} stage")
+        ax.legend(ncol=3, fontsize=7)
     text = ", ".join(f"{k} = {v:.3f}" for k, v in metrics.items())
     fig.suptitle(f"ganfit fit report   {text}", fontsize=10)
     fig.tight_layout()
