@@ -77,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     if ok:
         sheet([args.out / Path(r["photo"]).stem / "overlay.png" for r in ok], args.out / "overlays.jpg")
         sheet([args.out / Path(r["photo"]).stem / "albedo.png" for r in ok], args.out / "albedos.jpg")
-        mean = lambda k: sum(r[k] for r in ok if r.get(k) is not None) / max(1, sum(r.get(k) is not None for r in ok))  # noqa: E731
-        print(f"mean landmark error {mean('lmk_iod'):.4f} iod, identity cosine {mean('id_cos'):.4f}, "
-              f"masked L1 {mean('l1'):.4f}; machine: {platform.processor() or platform.machine()}, "
+        def mean(key: str) -> str:
+            vals = [r[key] for r in ok if r.get(key) is not None]
+            return f"{sum(vals) / len(vals):.4f}" if vals else "-"
+        print(f"mean landmark error {mean('lmk_iod')} iod, identity cosine {mean('id_cos')}, "
+              f"masked L1 {mean('l1')}; machine: {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores; sheets in {args.out}")
     if args.json:
         print(json.dumps({"preset": args.preset, "rows": rows}))
