@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import render
-from ..camera import Intrinsics, project, rotation_matrix, solve_pose_weak_perspective, to_camera, to_clip
+from ..camera import (Intrinsics, matrix_to_axis_angle, project, rotation_matrix,
+                      solve_pose_weak_perspective, to_camera, to_clip)
 from ..errors import CancelledError
 from ..lighting import ambient_coeffs, sh_basis, shading
 from ..models.facemodel import FaceModel, vertex_normals
@@ -246,7 +247,6 @@ class Fitter:
 
         pts3 = model.vertices_neutral[self.lm_inner_idx].cpu().numpy()
         R0, t0_ = solve_pose_weak_perspective(pts3, det[0, L.INNER].cpu().numpy(), crop.K)
-        from ..camera import matrix_to_axis_angle
         st = FitState(
             rot=torch.tensor(matrix_to_axis_angle(R0), dtype=torch.float32, device=dev)[None].requires_grad_(),
             trans=torch.tensor(t0_, dtype=torch.float32, device=dev)[None].requires_grad_(),
@@ -323,7 +323,6 @@ class Fitter:
         # --- stage 3: fine -----------------------------------------------------------------
         t2 = time.perf_counter()
         rec = self.recognizer if cfg.identity else None
-        photo_lin = srgb_to_linear(crop.image)
         target_feats = None
         if rec is not None:
             from ..perception.align import five_points_from_68, similarity_from_points, warp
@@ -357,9 +356,15 @@ class Fitter:
             preview_at = {int(round(x)) for x in np.linspace(0, n_fine - 1, cfg.preview_count)}
         metrics: dict[str, float] = {}
         terms: dict[str, torch.Tensor] = {}
+        texel = isinstance(texture, TexelTexture)
         for step in range(max(n_fine, 1)):
             self.check_cancel()
-            out = self._render(st, texture(), crop, narrow_v)
+            if texel:  # one residual per step serves the render and the texture priors
+                res = texture.residual()
+                alb = texture.albedo_from(res)
+            else:
+                alb = texture()
+            out = self._render(st, alb, crop, narrow_v)
             img = out["composite_srgb"]
             cov = out["mask"] * crop.face_valid
             terms = {}
@@ -381,9 +386,8 @@ class Fitter:
             # Albedo x light is only known up to a scale: keep the light's mean irradiance over the
             # face at 1 (as the least-squares start has it), so the albedo keeps the skin's colour.
             terms["light_prior"] = W.light_prior * L.light_prior(st.sh) + 0.1 * ((out["irr_mean"] - 1) ** 2).mean()
-            if isinstance(texture, TexelTexture):
-                res = texture.residual().permute(0, 2, 3, 1)
-                alb = texture()
+            if texel:
+                res = res.permute(0, 2, 3, 1)
                 terms["tex_prior"] = W.tex_prior * (res ** 2 * face_tex_mask[..., None]).mean()
                 terms["tex_smooth"] = W.tex_smooth * L.total_variation(res, face_tex_mask)
                 terms["tex_symmetry"] = W.tex_symmetry * ((alb - uvspace.mirror_face(alb, model)).abs()

@@ -73,8 +73,12 @@ class TexelTexture(TextureModel):
                                                                  align_corners=False))
         return r
 
+    def albedo_from(self, residual: torch.Tensor) -> torch.Tensor:
+        """The albedo for an already computed ``residual()`` (the fit needs both each step)."""
+        return (self.base + residual).clamp(0, 1).permute(0, 2, 3, 1)
+
     def forward(self) -> torch.Tensor:
-        return (self.base + self.residual()).clamp(0, 1).permute(0, 2, 3, 1)
+        return self.albedo_from(self.residual())
 
     def param_groups(self, lr: float) -> list[dict]:
         # Adam moves every texel of every level by about ``lr`` per step whatever its gradient,
