@@ -43,17 +43,9 @@ def uv_raster(ctx, model, res: int) -> UVRaster:
     pos = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], 1)[None]
     rast, _ = render.rasterize(ctx, pos.contiguous(), model.tri_uvs, (res, res), grad_db=False)
     tri_id = rast[0, ..., 3].long() - 1
-    poly = torch.where(tri_id >= 0, _tri_poly(model)[tri_id.clamp_min(0)], torch.full_like(tri_id, -1))
+    poly = torch.where(tri_id >= 0, model.tri_poly[tri_id.clamp_min(0)].long(), torch.full_like(tri_id, -1))
     region = torch.where(poly >= 0, model.poly_region[poly.clamp_min(0)], torch.full_like(poly, -1))
     return UVRaster(rast.detach(), tri_id, region, res)
-
-
-def _tri_poly(model) -> torch.Tensor:
-    # Quads become two consecutive triangles (0-1-2, 0-2-3); rebuild the triangle -> polygon map.
-    if not hasattr(model, "_tri_poly_cache"):
-        sizes = torch.where(model.polys[:, 3] >= 0, 2, 1)
-        model._tri_poly_cache = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
-    return model._tri_poly_cache
 
 
 def face_box_pixels(model, res: int) -> tuple[int, int, int, int]:

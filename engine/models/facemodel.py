@@ -59,6 +59,7 @@ class FaceModel(torch.nn.Module):
     Buffers (all on the module's device):
         vertices_neutral (V, 3) float32 cm; basis (V*3, 153) float32 (identity then expression);
         tris (T, 3) int32 all carried triangles; tri_uvs (T, 3) int32 UV index per corner;
+        tri_poly (T,) int32 the polygon each triangle comes from;
         fit_tris, fit_tri_uvs: the first ``fit_tri_count`` rows (the fitted face);
         uvs (U, 2) float32 atlas coordinates, v up; polys (P, 4) int32 with -1 padding for
         triangles, poly_uvs (P, 4) int32; landmarks68 (68,) int64 vertex indices;
@@ -84,7 +85,7 @@ class FaceModel(torch.nn.Module):
         basis = torch.from_numpy(deltas.reshape(len(deltas), V * 3).T.copy())  # (V*3, 153)
         self.register_buffer("basis", basis, persistent=False)
         self.register_buffer("vertices_neutral", torch.from_numpy(d["vertices"].copy()), persistent=False)
-        for key in ("tris", "tri_uvs", "polys", "poly_uvs"):
+        for key in ("tris", "tri_uvs", "polys", "poly_uvs", "tri_poly"):
             self.register_buffer(key, torch.from_numpy(d[key].astype(np.int32)), persistent=False)
         self.register_buffer("uvs", torch.from_numpy(d["uvs"].copy()), persistent=False)
         for key in ("landmarks68", "jawline_left_extended", "jawline_right_extended",
