@@ -69,7 +69,8 @@ def write_result(out_dir: Path, fit: FitOutput, model: FaceModel, ctx, photo: np
     write_obj(out_dir / "face.obj", verts_all, model.uvs.cpu().numpy(), model.polys.cpu().numpy(),
               model.poly_uvs.cpu().numpy(), mtl_name="face")
     write_mtl(out_dir / "face.mtl", MATERIAL, "albedo.png")
-    albedo_png(fit.albedo).save(out_dir / "albedo.png", optimize=False, compress_level=4)
+    albedo_img = albedo_png(fit.albedo)
+    albedo_img.save(out_dir / "albedo.png", optimize=False, compress_level=4)
 
     weights = st.expr[0].detach().cpu().numpy().astype(np.float32)
     names = np.array(model.expression_names)
@@ -79,8 +80,8 @@ def write_result(out_dir: Path, fit: FitOutput, model: FaceModel, ctx, photo: np
     rgba = render_full(ctx, model, st, fit.albedo, fit.K_full)
     Image.fromarray(rgba, "RGBA").save(out_dir / "render.png", compress_level=4)
     a = rgba[..., 3:4].astype(np.float32) / 255
-    overlay = (rgba[..., :3].astype(np.float32) * a + photo.astype(np.float32) * (1 - a))
-    Image.fromarray((overlay + 0.5).clip(0, 255).astype(np.uint8)).save(out_dir / "overlay.png", compress_level=4)
+    overlay = (rgba[..., :3].astype(np.float32) * a + photo.astype(np.float32) * (1 - a) + 0.5).clip(0, 255).astype(np.uint8)
+    Image.fromarray(overlay).save(out_dir / "overlay.png", compress_level=4)
 
     R = rotation_matrix(st.rot.detach())[0].cpu().numpy()
     t = st.trans.detach()[0].cpu().numpy()
@@ -125,8 +126,7 @@ def write_result(out_dir: Path, fit: FitOutput, model: FaceModel, ctx, photo: np
     }
     if report:
         from .report import write_report
-        write_report(out_dir / "report.png", photo, overlay.astype(np.uint8), np.asarray(albedo_png(fit.albedo)),
-                     fit.history, fit.metrics)
+        write_report(out_dir / "report.png", photo, overlay, np.asarray(albedo_img), fit.history, fit.metrics)
         result["files"]["report"] = "report.png"
     return result
 
