@@ -15,12 +15,60 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
 from . import __version__
 
 PRESETS = ("fast", "balanced", "best")
+FOCAL_35MM_RANGE = (4.0, 2000.0)  # fisheye to super-telephoto, 35 mm equivalent
+SEED_MAX = 2 ** 32 - 1
+
+
+def _whole(lo: int, hi: int | None = None):
+    """An argparse type: a whole number in [lo, hi], with a message that says the range."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            want = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"must be {want}, got {v}")
+        return v
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _focal_35mm(text: str) -> float:
+    lo, hi = FOCAL_35MM_RANGE
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of millimetres, got {text!r}") from None
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g} mm (35 mm equivalent), "
+                                         f"got {text}")
+    return v
+
+
+_json_errors = False  # set by main() when the command line asks for the protocol
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that, under --json-progress, also reports a usage error as one protocol line."""
+
+    def error(self, message: str):
+        if _json_errors:
+            from .protocol import encode
+            text = f"{self.prog}: {message}. See '{self.prog} --help'."
+            try:
+                sys.stdout.write(encode("error", code="usage", exit_code=2, msg=text, detail=None) + "\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+        super().error(message)
 
 
 def _fit_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +81,10 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
                    help="speed/quality trade-off (default: balanced)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA when available (nvdiffrast if installed), else CPU")
-    p.add_argument("--face-index", type=int, default=0,
+    p.add_argument("--face-index", type=_whole(0), default=0,
                    help="which face when there are several, largest first (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic)")
+    p.add_argument("--seed", type=_whole(0, SEED_MAX), default=0,
+                   help="random seed, 0..2^32-1 (results are deterministic)")
     p.add_argument("--texture-res", type=int, choices=(256, 512, 1024, 2048),
                    help="albedo atlas size (default: from the preset)")
     p.add_argument("--neutral", action="store_true",
@@ -48,21 +97,21 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
                    help="'texel' (default, per-texel albedo) or a generator checkpoint (.pt)")
     p.add_argument("--landmarks", choices=("mediapipe", "fan"), default="mediapipe",
                    help="landmark detector (fan needs the face-alignment package and its weights)")
-    p.add_argument("--focal-35mm", type=float,
-                   help="35 mm-equivalent focal length (default: EXIF, else 50)")
-    p.add_argument("--max-steps", type=int,
+    p.add_argument("--focal-35mm", type=_focal_35mm,
+                   help="35 mm-equivalent focal length, %g..%g (default: EXIF, else 50)" % FOCAL_35MM_RANGE)
+    p.add_argument("--max-steps", type=_whole(1),
                    help="cap the optimisation steps of each stage (tests and quick looks)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=_whole(1), help="CPU threads, at least 1 (default: all cores)")
     p.add_argument("--json-progress", action="store_true",
                    help="write the JSON-lines progress protocol on stdout (docs/protocol.md)")
     p.add_argument("--report", action="store_true", help="also write report.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result folder")
-    p.add_argument("--preview-every", type=int, default=0,
+    p.add_argument("--preview-every", type=_whole(0), default=0,
                    help="send a preview image every N steps (0 = a few per run with --json-progress)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="python -m engine",
         description="ganfit engine %s: GANFit-style 3D face fitting from one photo." % __version__,
         epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 no face, "
@@ -94,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _json_errors
     ap = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _json_errors = "--json-progress" in argv
     args = ap.parse_args(argv)
     if args.command == "fit":
         from .fit.run import run_cli

@@ -13,10 +13,11 @@ from PIL import Image
 
 from .. import __version__
 from ..camera import rotation_matrix, world_to_camera_matrix
+from ..io.output import RESULT_SCHEMA
 from ..models.facemodel import FaceModel
 from .fitter import FitOutput, linear_to_srgb, render_full
 
-SCHEMA = 1
+SCHEMA = RESULT_SCHEMA  # engine/io/output.py checks it before --overwrite replaces a folder
 MATERIAL = "ganfit_face"
 
 

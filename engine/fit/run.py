@@ -18,7 +18,8 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CancelledError, EngineError, MissingModelError, OutputError
+from ..errors import CancelledError, EngineError, MissingModelError
+from ..io import output
 from ..protocol import Emitter, is_cancel
 
 log = logging.getLogger("engine")
@@ -44,6 +45,7 @@ class Run:
         self.t_start = time.perf_counter()
         self.stage_t0 = self.t_start
         self.stage = "load"
+        self.warnings: list[str] = []  # result.json "warnings" and the protocol result
 
     # progress ------------------------------------------------------------------------------
     def set_stage(self, name: str) -> None:
@@ -67,6 +69,11 @@ class Run:
         self.emit.send("progress", stage=stage, step=step, total=total, fraction=round(frac, 4),
                        losses={k: round(v, 6) for k, v in losses.items()}, elapsed=round(elapsed, 2),
                        eta=None if eta is None else round(eta, 1))
+
+    def warn(self, message: str) -> None:
+        """Something the user should know about this result (shown by the extension)."""
+        log.warning("%s", message)
+        self.warnings.append(message)
 
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
@@ -131,60 +138,88 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.json_progress:
         threading.Thread(target=_stdin_watcher, args=(run,), daemon=True, name="stdin-cancel").start()
 
-    out = Path(args.output).expanduser().absolute()
+    out: Path | None = None
     work: Path | None = None
+    created: list[Path] = []
     preview_dir: Path | None = None
     file_handler: logging.Handler | None = None
+    code = None
+    detail = None
+    keep = False  # keep the engine log: an internal error or a write that failed
     try:
-        if out.exists() and not args.overwrite:
-            raise OutputError(f"The output folder already exists: {out}. Choose another folder or "
-                              "pass --overwrite to replace it.")
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"The output path exists and is not a folder: {out}.")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        except OSError as e:
-            raise OutputError(f"Cannot write the result folder {out}: {e.strerror or e}. Choose a "
-                              "folder you can write to.") from e
+        # Everything about the output and the photo that can be known is checked before the fit
+        # (engine/io/output.py, docs/result-format.md "What the engine will never do").
+        out = output.output_path(args.output)
+        photo = Path(args.photo).expanduser().absolute()
+        output.check_output(out, photo, overwrite=args.overwrite)
+        output.check_photo(photo)
+        work, created = output.prepare(out)
         file_handler = logging.FileHandler(work / "engine.log", encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("engine").addHandler(file_handler)
         if args.json_progress:
-            preview_dir = Path(tempfile.mkdtemp(prefix="ganfit-preview-"))
-        result = _fit(run, args, out, work, preview_dir)
-        return 0 if result else 1
+            try:
+                preview_dir = Path(tempfile.mkdtemp(prefix="ganfit-preview-"))
+            except OSError as e:  # a full or read-only temp folder costs the previews, not the fit
+                log.warning("no previews: cannot create a folder in %s (%s)", tempfile.gettempdir(), e)
+        if not _fit(run, args, out, work, preview_dir):
+            raise EngineError("The fit ended without a result.")
     except EngineError as e:
         code, exit_code, msg = e.code, e.exit_code, e.message
         detail = e.detail
         if isinstance(e, CancelledError):
             msg = "The fit was cancelled; nothing was written."
     except KeyboardInterrupt:
-        code, exit_code, msg, detail = "cancelled", 130, "The fit was cancelled; nothing was written.", None
+        code, exit_code, msg = "cancelled", 130, "The fit was cancelled; nothing was written."
     except MemoryError:
-        code, exit_code = "internal", 1
+        code, exit_code, keep = "internal", 1, True
         msg = "The engine ran out of memory. Use a smaller photo or the 'fast' preset."
         detail = traceback.format_exc()
+    except OSError as e:
+        err = output.os_error_to_output_error(e, out)
+        keep = True
+        if err is not None:
+            code, exit_code, msg = err.code, err.exit_code, err.message
+        else:
+            code, exit_code = "internal", 1
+            msg = f"Internal error: {type(e).__name__}: {e}. Please report it with the engine log."
+        detail = traceback.format_exc()
     except Exception as e:  # noqa: BLE001 - every failure becomes one protocol error
-        code, exit_code = "internal", 1
+        code, exit_code, keep = "internal", 1, True
         msg = f"Internal error: {type(e).__name__}: {e}. Please report it with the engine log."
         detail = traceback.format_exc()
     finally:
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
-        if file_handler is not None:
-            logging.getLogger("engine").removeHandler(file_handler)
-            file_handler.close()
         if preview_dir is not None:
             shutil.rmtree(preview_dir, ignore_errors=True)
-    # Failure: nothing half-written stays behind.
-    if work is not None and work.exists():
+    kept_log = None
+    if code is not None:
+        # Failure: nothing half-written stays behind; the log is kept where the message says.
         if detail:
             log.error("%s", detail)
+        log.error("error (%s): %s", code, msg)
+    _close_log(file_handler)
+    if code is not None and work is not None:
+        if keep:
+            kept_log = output.keep_log(work, out)
+            if kept_log is not None:
+                msg = f"{msg} The engine log is at {kept_log}."
         shutil.rmtree(work, ignore_errors=True)
-    log.error("error (%s): %s", code, msg)
-    emitter.send("error", code=code, exit_code=exit_code, msg=msg, detail=detail)
+        output.remove_created(created)
+    for sig, h in old_handlers.items():
+        signal.signal(sig, h)
+    if code is None:
+        return 0
+    if kept_log is not None:
+        log.error("the engine log is kept at %s", kept_log)
+    emitter.send("error", code=code, exit_code=exit_code, msg=msg, detail=detail,
+                 log=None if kept_log is None else str(kept_log))
     return exit_code
+
+
+def _close_log(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger("engine").removeHandler(handler)
+        handler.close()
 
 
 def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir: Path | None) -> bool:
@@ -216,6 +251,9 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     H, W = photo.shape[:2]
     f35 = args.focal_35mm or read_exif_focal_35mm(photo_path)
     focal_source = "user" if args.focal_35mm else ("exif" if f35 else "default")
+    if focal_source == "default":
+        run.warn(f"The photo records no focal length; assumed {DEFAULT_FOCAL_35MM:g} mm (35 mm "
+                 "equivalent) for the camera. Pass --focal-35mm if you know it.")
     K_full = Intrinsics.from_focal(focal_px_from_35mm(f35 or DEFAULT_FOCAL_35MM, W, H), W, H)
     cfg = get_config(args.preset, seed=args.seed, texture_res=args.texture_res,
                      fit_expression=not args.neutral).capped(args.max_steps)
@@ -238,8 +276,12 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     face = select_face(faces, args.face_index, path=photo_path)
     timings["detect"] = time.perf_counter() - t
     box = [float(x) for x in face.box]
+    if len(faces) > 1:
+        run.warn(f"{len(faces)} faces were found; fitted face {args.face_index} (largest first). Use "
+                 "--face-index to choose another.")
     if min(box[2] - box[0], box[3] - box[1]) < 60:
-        log.warning("the face is small (%.0f px); the fit and texture will be coarse", box[2] - box[0])
+        run.warn(f"The face is small ({box[2] - box[0]:.0f} px wide); the fit and texture will be "
+                 "coarse. Use a larger or closer photo.")
     run.check_cancel()
 
     preview_fn = None
@@ -277,22 +319,18 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     timings["total"] = time.perf_counter() - run.t_start
     result["timings"] = {k: round(v, 3) for k, v in timings.items()}
     result["peak_rss_mb"] = peak_rss_mb()
+    result["warnings"] = list(run.warnings)
     write_json(work / "result.json", result)
     run.check_cancel()
 
-    # Into place: an earlier result is replaced only with --overwrite, and only now.
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
+    # Into place without ever replacing anything but an empty folder or an engine result (--overwrite).
+    output.place(work, out, overwrite=args.overwrite, photo=photo_path, engine_version=__version__)
     log.info("result written to %s in %.1f s (peak RSS %.0f MB)", out, timings["total"], result["peak_rss_mb"])
     summary = {"total_s": result["timings"]["total"],
                "landmark_error_iod": round(fit.metrics.get("landmark_error_iod", float("nan")), 4),
                "identity_cosine": fit.metrics.get("identity_cosine")}
-    run.emit.send("result", dir=str(out), result_json=str(out / "result.json"), summary=summary)
+    run.emit.send("result", dir=str(out), result_json=str(out / "result.json"), summary=summary,
+                  warnings=list(run.warnings))
     return True
 
 
