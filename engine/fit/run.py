@@ -175,6 +175,13 @@ def run_cli(args: argparse.Namespace) -> int:
         code, exit_code, keep = "internal", 1, True
         msg = "The engine ran out of memory. Use a smaller photo or the 'fast' preset."
         detail = traceback.format_exc()
+    except ModuleNotFoundError as e:
+        code, exit_code, detail = "missing_model", 5, traceback.format_exc()
+        need = "PyTorch" if (e.name or "").split(".")[0] == "torch" else f"the package '{e.name}'"
+        msg = (f"The engine environment is incomplete: {need} is not installed for {sys.executable}. "
+               "Set the engine up again (the extension's preferences), or install the engine's "
+               f"requirements into that Python ({Path(__file__).resolve().parents[1] / 'requirements.txt'}, "
+               "plus torch).")
     except OSError as e:
         err = output.os_error_to_output_error(e, out)
         keep = True

@@ -73,6 +73,14 @@ def _first_file_ancestor(path: Path) -> Path | None:
     return None
 
 
+def _same_file(st: os.stat_result, path: Path) -> bool:
+    try:
+        other = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
+
+
 def _inside(child: Path, folder: Path) -> bool:
     try:
         Path(os.path.realpath(child)).relative_to(os.path.realpath(folder))
@@ -106,9 +114,11 @@ def result_folder_problem(folder: Path, photo: Path | None = None) -> str | None
     allowed = set(_ALWAYS) | {str(v) for v in meta["files"].values()}
     foreign = []
     for name in sorted(names):
-        mode = os.lstat(folder / name).st_mode
-        if name not in allowed or not stat.S_ISREG(mode):
+        st = os.lstat(folder / name)
+        if name not in allowed or not stat.S_ISREG(st.st_mode):
             foreign.append(name)
+        elif photo is not None and _same_file(st, photo):
+            return f"it holds the photo you are fitting (as {name})"
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         return f"it holds files the engine did not write ({shown})"
@@ -143,6 +153,9 @@ def check_output(out: Path, photo: Path | None, overwrite: bool) -> None:
     except OSError as e:
         raise _describe_path_error(e, out) from e
     if empty:
+        if os.path.ismount(out):
+            raise OutputError(f"The output folder {out} is a mount point, which cannot be replaced. Choose "
+                              "a new folder inside it, e.g. -o " + str(out / "result") + ".")
         return  # an empty folder is used as the output: the result replaces it
     problem = result_folder_problem(out, photo)
     if not overwrite:
@@ -415,6 +428,11 @@ def os_error_to_output_error(e: OSError, out: Path | None) -> OutputError | None
     if e.errno == errno.EIO:
         return OutputError(f"A read/write error (EIO) on the disk holding {target}{where}: the disk or "
                            "network share failed. Check it, or choose another folder.")
+    if e.errno == errno.ENOENT and out is not None and e.filename \
+            and str(e.filename).startswith(str(out.parent) + os.sep):
+        return OutputError(f"The result's temporary folder in {out.parent} disappeared while the fit ran "
+                           f"(removed by another program or a clean-up?){where}. Nothing was written; "
+                           "run the fit again.")
     if e.errno in (errno.EACCES, errno.EPERM) and out is not None and e.filename \
             and _inside(Path(str(e.filename)), out.parent):
         return OutputError(f"Permission denied writing the result{where}. Choose a folder you can write to.")

@@ -452,3 +452,106 @@ def test_sigterm_while_writing_leaves_nothing(tmp_path):
         assert not out.exists()
     assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["tmp"] + (["out"] if out.exists() else []))
     assert list(tmp.iterdir()) == []  # no ganfit-preview-* left
+
+
+@needs_photo
+def test_mount_point_as_output_fails_before_fitting(tmp_path):
+    mnt = tmp_path / "mnt"
+    if not _mount_tmpfs(mnt, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        p, msgs = fit(PHOTO, mnt)  # an empty folder, but it cannot be replaced by a rename
+        assert_error(p, msgs, 6, "output", "mount point")
+        assert_before_fit(msgs)
+        assert list(mnt.iterdir()) == [] and sorted(x.name for x in tmp_path.iterdir()) == ["mnt"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@needs_photo
+def test_path_too_long(tmp_path):
+    out = tmp_path.joinpath(*(["d" * 200] * 25))  # > PATH_MAX
+    p, msgs = fit(PHOTO, out)
+    assert_error(p, msgs, 6, "output", "too long")
+    assert_before_fit(msgs)
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_photo
+def test_output_folder_removed_while_fitting(tmp_path):
+    """A clean-up (or the user) deletes the folder the result is being written in mid-fit."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    proc = subprocess.Popen(engine_cmd("fit", str(PHOTO), "-o", str(parent / "out"), "--json-progress", *QUICK),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, cwd=REPO, env=_env())
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = decode(line)
+            if m and m["type"] == "stage" and m["name"] == "coarse":
+                shutil.rmtree(parent)
+                break
+        rest, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    msgs = messages("".join(lines) + rest)
+    assert_error(subprocess.CompletedProcess(proc.args, proc.returncode, rest, err), msgs, 6, "output",
+                 "disappeared")
+    assert list(tmp_path.iterdir()) == []  # nothing re-created
+
+
+def test_engine_python_without_its_packages(tmp_path):
+    """`python -S` has no site-packages: no numpy, no torch (an incomplete engine environment)."""
+    photo = tmp_path / "me.png"
+    Image.new("RGB", (200, 200)).save(photo)
+    before = snapshot(tmp_path)
+    p = subprocess.run([sys.executable, "-S", "-m", "engine", "fit", str(photo), "-o", str(tmp_path / "out"),
+                        "--json-progress"], capture_output=True, text=True, timeout=120, cwd=REPO,
+                       env=_env(), stdin=subprocess.DEVNULL)
+    assert_error(p, messages(p.stdout), 5, "missing_model", "environment is incomplete", "numpy")
+    assert snapshot(tmp_path) == before
+
+
+@needs_photo
+def test_two_overwriting_fits_onto_one_result(tmp_path, result_folder):
+    out = tmp_path / "res"
+    shutil.copytree(result_folder, out)
+    procs = [subprocess.Popen(engine_cmd("fit", str(PHOTO), "-o", str(out), "--json-progress", *QUICK,
+                                         "--overwrite", "--seed", str(seed)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              text=True, cwd=REPO, env=_env())
+             for seed in (1, 2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode in (0, 6) for p in procs) and 0 in [p.returncode for p in procs], \
+        [o[1][-2000:] for o in outs]
+    r = assert_whole_result(out)
+    assert r["seed"] in [(1, 2)[i] for i, p in enumerate(procs) if p.returncode == 0]
+    left = sorted(x.name for x in tmp_path.iterdir())
+    for i, p in enumerate(procs):  # a loser says where the earlier result went, if it moved it
+        if p.returncode == 6:
+            last = messages(outs[i][0])[-1]
+            assert last["code"] == "output"
+            if ".old-" in last["msg"]:
+                kept = [x for x in left if ".old-" in x]
+                assert kept and kept[0] in last["msg"] and (tmp_path / kept[0] / "result.json").is_file()
+    assert not [x for x in left if ".tmp-" in x]
+
+
+@needs_photo
+def test_small_face_warning_reaches_the_result(tmp_path):
+    im = Image.open(PHOTO).convert("RGB")
+    small = im.resize((int(im.width * 0.42), int(im.height * 0.42)), Image.LANCZOS)
+    canvas = Image.new("RGB", (640, 480), (110, 110, 110))
+    canvas.paste(small, (200, 150))
+    photo = tmp_path / "small.png"
+    canvas.save(photo)
+    p, msgs = fit(photo, tmp_path / "out", "--focal-35mm", "50")
+    if p.returncode == 4:
+        pytest.skip("the detector finds no face in the scaled-down photo on this machine")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = assert_whole_result(tmp_path / "out")
+    assert [w for w in r["warnings"] if "small" in w] and msgs[-1]["warnings"] == r["warnings"]
+    assert not [w for w in r["warnings"] if "focal" in w]  # given on the command line

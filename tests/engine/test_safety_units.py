@@ -251,3 +251,20 @@ def test_disk_full_message_from_the_classifier():
     assert e is not None and e.exit_code == 6 and "No space left" in e.message and "/x" in e.message
     assert output.os_error_to_output_error(OSError(errno.EROFS, "ro"), Path("/x/out")).exit_code == 6
     assert output.os_error_to_output_error(OSError(errno.ECONNRESET, "reset"), Path("/x/out")) is None
+
+
+def test_network_share_io_error_is_an_output_error(tmp_path, monkeypatch):
+    def fit_io_error(run, args, out, work, preview_dir):
+        raise OSError(errno.EIO, "Input/output error", str(work / "blendshapes.npz"))
+
+    code, msgs = _run(tmp_path, monkeypatch, fit_io_error)
+    assert code == 6 and msgs[-1]["code"] == "output" and "EIO" in msgs[-1]["msg"]
+    assert Path(msgs[-1]["log"]).is_file()
+
+
+def test_a_hard_link_of_the_photo_inside_a_result_blocks_overwrite(tmp_path):
+    res = fake_result(tmp_path / "res")
+    photo = tmp_path / "me.png"
+    os.link(res / "albedo.png", photo)  # the same file under two names
+    with pytest.raises(OutputError, match="holds the photo"):
+        output.check_output(res, photo, overwrite=True)
