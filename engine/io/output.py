@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import logging
 import os
 import shutil
 import stat
@@ -34,6 +35,12 @@ RESULT_SCHEMA = 1
 MARKER = ".ganfit-result"
 # Files every result folder may hold besides those its result.json lists under "files".
 _ALWAYS = ("result.json", MARKER, "engine.log")
+# The files of a result written before the marker existed (engine 0.1.0 before issue 11): such a
+# folder is recognised only when it holds exactly this layout.
+_LEGACY_FILES = {"obj": "face.obj", "mtl": "face.mtl", "albedo": "albedo.png", "blendshapes": "blendshapes.npz",
+                 "render": "render.png", "overlay": "overlay.png", "params": "params.npz", "log": "engine.log",
+                 "report": "report.png"}
+log = logging.getLogger("engine")
 _NAME_MAX = 255  # bytes in one path component on every file system the engine supports
 
 
@@ -103,14 +110,16 @@ def result_folder_problem(folder: Path, photo: Path | None = None) -> str | None
         names = os.listdir(folder)
     except OSError as e:
         return f"it cannot be read ({e.strerror or e})"
-    if MARKER not in names:
-        return f"it has no {MARKER} marker, so it is not a result folder this engine wrote"
+    no_marker = f"it has no {MARKER} marker, so it is not a result folder this engine wrote"
     try:
         meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "its result.json is missing or unreadable"
+        return no_marker if MARKER not in names else "its result.json is missing or unreadable"
     if not isinstance(meta, dict) or meta.get("schema") != RESULT_SCHEMA or not isinstance(meta.get("files"), dict):
-        return "its result.json is not a result of this engine's format"
+        return no_marker if MARKER not in names else "its result.json is not a result of this engine's format"
+    if MARKER not in names and not (isinstance(meta.get("engine"), str) and meta["files"]
+                                    and all(_LEGACY_FILES.get(k) == v for k, v in meta["files"].items())):
+        return no_marker  # not even a result of an engine from before the marker
     allowed = set(_ALWAYS) | {str(v) for v in meta["files"].values()}
     foreign = []
     for name in sorted(names):
@@ -374,15 +383,17 @@ def remove_result_folder(folder: Path) -> None:
         listed = {str(v) for v in meta.get("files", {}).values()}
     except (OSError, ValueError, AttributeError):
         listed = set()
-    for name in (listed | set(_ALWAYS)) - {MARKER}:
+    for name in sorted(listed - {MARKER}) + [n for n in _ALWAYS if n != MARKER] + [MARKER]:
         p = folder / name
-        if os.path.basename(name) == name and os.path.isfile(p) and not os.path.islink(p):
-            os.unlink(p)
+        try:
+            if os.path.basename(name) == name and os.path.isfile(p) and not os.path.islink(p):
+                os.unlink(p)
+        except OSError:
+            pass
     try:
-        os.unlink(folder / MARKER)
-        os.rmdir(folder)
+        os.rmdir(folder)  # only when nothing else is left in it
     except OSError:
-        pass
+        log.warning("the replaced result was kept at %s: it held files the engine did not write", folder)
 
 
 # ------------------------------------------------------------------------------------ failure

@@ -183,15 +183,27 @@ def test_overwrite_refuses_an_ordinary_folder(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_overwrite_refuses_another_programs_result_json(tmp_path):
+    d = tmp_path / "other"
+    d.mkdir()
+    (d / "result.json").write_text(json.dumps({"schema": 1, "engine": "other", "files": {"notes": "notes.txt"}}))
+    (d / "notes.txt").write_text("not a face")
+    before = snapshot(tmp_path)
+    p, msgs = fit(tmp_path / "any.png", d, "--overwrite")
+    assert_error(p, msgs, 6, "output", "marker")
+    assert_before_fit(msgs)
+    assert snapshot(tmp_path) == before
+
+
 @needs_photo
-def test_overwrite_refuses_a_forged_result_without_the_marker(tmp_path, result_folder):
-    d = tmp_path / "forged"
+def test_overwrite_replaces_a_result_from_before_the_marker(tmp_path, result_folder):
+    """Results written before the marker existed (demo_out/, out/eval/) can still be refitted."""
+    d = tmp_path / "old"
     shutil.copytree(result_folder, d)
     (d / MARKER).unlink()
-    before = snapshot(tmp_path)
-    p, msgs = fit(PHOTO, d, "--overwrite")
-    assert_error(p, msgs, 6, "output", "marker")
-    assert snapshot(tmp_path) == before
+    p, msgs = fit(PHOTO, d, "--overwrite", "--seed", "3")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert assert_whole_result(d)["seed"] == 3 and sorted(x.name for x in tmp_path.iterdir()) == ["old"]
 
 
 @needs_photo

@@ -268,3 +268,16 @@ def test_a_hard_link_of_the_photo_inside_a_result_blocks_overwrite(tmp_path):
     os.link(res / "albedo.png", photo)  # the same file under two names
     with pytest.raises(OutputError, match="holds the photo"):
         output.check_output(res, photo, overwrite=True)
+
+
+def test_legacy_result_is_recognised_only_in_its_exact_layout(tmp_path):
+    res = fake_result(tmp_path / "res")
+    (res / output.MARKER).unlink()
+    r = json.loads((res / "result.json").read_text())
+    r["engine"] = "0.1.0"
+    (res / "result.json").write_text(json.dumps(r))
+    assert output.result_folder_problem(res) is None  # face.obj, albedo.png, engine.log: the old names
+    r["files"]["albedo"] = "mine.png"
+    (res / "albedo.png").rename(res / "mine.png")
+    (res / "result.json").write_text(json.dumps(r))
+    assert "marker" in output.result_folder_problem(res)
