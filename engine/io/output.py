@@ -331,9 +331,13 @@ def place(work: Path, out: Path, *, overwrite: bool, photo: Path | None, engine_
         empty = stat.S_ISDIR(st.st_mode) and not os.listdir(out)
     except OSError:
         st, empty = None, False
-    if empty and os.name != "nt":
+    if empty:
         try:
-            os.rename(work, out)  # POSIX replaces only an empty folder; fails if it filled meanwhile
+            if os.name == "nt":  # Windows' rename never replaces: remove the empty folder first
+                os.rmdir(out)
+                rename_noreplace(work, out)
+            else:
+                os.rename(work, out)  # POSIX replaces only an empty folder; fails if it filled meanwhile
             return
         except OSError:
             pass

@@ -382,7 +382,8 @@ def test_two_fits_into_one_folder(tmp_path):
     winner = [i for i, p in enumerate(procs) if p.returncode == 0][0]
     loser = 1 - winner
     last = messages(results[loser][0])[-1]
-    assert last["code"] == "output" and str(out) in last["msg"]
+    assert last["code"] == "output" and str(out) in last["msg"] and "appeared while this fit ran" in last["msg"]
+    assert [m for m in messages(results[loser][0]) if m["type"] == "stage" and m["name"] == "write"]  # it fitted
     r = assert_whole_result(out)
     assert r["seed"] == (1, 2)[winner]  # the winner's result, untouched by the loser
     assert sorted(x.name for x in tmp_path.iterdir()) == ["same"]
@@ -567,3 +568,27 @@ def test_small_face_warning_reaches_the_result(tmp_path):
     r = assert_whole_result(tmp_path / "out")
     assert [w for w in r["warnings"] if "small" in w] and msgs[-1]["warnings"] == r["warnings"]
     assert not [w for w in r["warnings"] if "focal" in w]  # given on the command line
+
+
+@needs_photo
+def test_photo_that_disappears_after_it_was_read(tmp_path):
+    photo = tmp_path / "me.png"
+    shutil.copyfile(PHOTO, photo)
+    proc = subprocess.Popen(engine_cmd("fit", str(photo), "-o", str(tmp_path / "out"), "--json-progress", *QUICK),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, cwd=REPO, env=_env())
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = decode(line)
+            if m and m["type"] == "stage" and m["name"] == "detect":
+                photo.unlink()  # e.g. a camera app or sync client moves it away
+                break
+        rest, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]  # it was read whole at the load stage
+    r = assert_whole_result(tmp_path / "out")
+    assert r["photo"] == str(photo) and sorted(x.name for x in tmp_path.iterdir()) == ["out"]
