@@ -297,7 +297,12 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
 
         def preview_fn(img: np.ndarray, step: int) -> None:
             p = preview_dir / f"preview_{step:04d}.png"
-            Image.fromarray(img).save(p)
+            try:
+                Image.fromarray(img).save(p)
+            except OSError as e:  # a full temp folder costs this preview, not the fit
+                log.warning("preview %d not written (%s): %s", step, p, e)
+                p.unlink(missing_ok=True)
+                return
             run.emit.send("preview", path=str(p), step=step)
 
     fitter = Fitter(model, cfg, ctx, device, recognizer=recognizer, texture_factory=texture_factory,

@@ -592,3 +592,20 @@ def test_photo_that_disappears_after_it_was_read(tmp_path):
     assert proc.returncode == 0, err[-3000:]  # it was read whole at the load stage
     r = assert_whole_result(tmp_path / "out")
     assert r["photo"] == str(photo) and sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+
+
+@needs_photo
+def test_full_temp_folder_costs_the_previews_not_the_fit(tmp_path):
+    tmp = tmp_path / "tmp"
+    if not _mount_tmpfs(tmp, "12k"):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        out = tmp_path / "out"
+        p = run_engine("fit", str(PHOTO), "-o", str(out), "--json-progress", "--preset", "fast", "--max-steps", "30",
+                       "--texture-res", "256", "--recognizer", "none", tmpdir=tmp)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert_whole_result(out)
+        assert "not written" in (out / "engine.log").read_text()
+        assert list(tmp.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(tmp)], check=False)
