@@ -609,3 +609,20 @@ def test_full_temp_folder_costs_the_previews_not_the_fit(tmp_path):
         assert list(tmp.iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(tmp)], check=False)
+
+
+@needs_photo
+def test_overwrite_home_folder(tmp_path):
+    """`-o ~ --overwrite`: the one typo that must never cost a home folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    (home / ".config").mkdir()
+    before = snapshot(tmp_path)
+    env = {**_env(), "HOME": str(home)}
+    p = subprocess.run(engine_cmd("fit", str(PHOTO), "-o", "~", "--overwrite", "--json-progress", *QUICK),
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+    msgs = messages(p.stdout)
+    assert_error(p, msgs, 6, "output", str(home), "marker")
+    assert_before_fit(msgs)
+    assert snapshot(tmp_path) == before
