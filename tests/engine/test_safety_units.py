@@ -281,3 +281,32 @@ def test_legacy_result_is_recognised_only_in_its_exact_layout(tmp_path):
     (res / "albedo.png").rename(res / "mine.png")
     (res / "result.json").write_text(json.dumps(r))
     assert "marker" in output.result_folder_problem(res)
+
+
+def test_file_system_without_noreplace_falls_back_safely(tmp_path, monkeypatch):
+    """NFS, some FUSE and SMB mounts answer renameat2(RENAME_NOREPLACE) with EINVAL."""
+    import ctypes
+
+    calls = []
+
+    def einval(*a):
+        calls.append(a)
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(output, "_renameat2", einval)
+    src = new_work(tmp_path)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    with pytest.raises(FileExistsError):
+        output.rename_noreplace(src, tmp_path / "taken")
+    output.rename_noreplace(src, tmp_path / "free")
+    assert calls and (tmp_path / "free" / "result.json").is_file() and (tmp_path / "taken" / "x").is_file()
+
+
+def test_a_symlink_to_the_photo_inside_a_result_blocks_overwrite(tmp_path):
+    res = fake_result(tmp_path / "res")
+    link = tmp_path / "me.png"
+    os.symlink(res / "albedo.png", link)
+    with pytest.raises(OutputError, match="holds the photo"):
+        output.check_output(res, link, overwrite=True)
