@@ -123,7 +123,10 @@ def result_folder_problem(folder: Path, photo: Path | None = None) -> str | None
     allowed = set(_ALWAYS) | {str(v) for v in meta["files"].values()}
     foreign = []
     for name in sorted(names):
-        st = os.lstat(folder / name)
+        try:
+            st = os.lstat(folder / name)
+        except OSError:
+            return "its files changed while it was checked"
         if name not in allowed or not stat.S_ISREG(st.st_mode):
             foreign.append(name)
         elif photo is not None and _same_file(st, photo):
@@ -161,10 +164,10 @@ def check_output(out: Path, photo: Path | None, overwrite: bool) -> None:
         empty = not os.listdir(out)
     except OSError as e:
         raise _describe_path_error(e, out) from e
+    if os.path.ismount(out):
+        raise OutputError(f"The output folder {out} is a mount point, which cannot be replaced. Choose "
+                          "a new folder inside it, e.g. -o " + str(out / "result") + ".")
     if empty:
-        if os.path.ismount(out):
-            raise OutputError(f"The output folder {out} is a mount point, which cannot be replaced. Choose "
-                              "a new folder inside it, e.g. -o " + str(out / "result") + ".")
         return  # an empty folder is used as the output: the result replaces it
     problem = result_folder_problem(out, photo)
     if not overwrite:
