@@ -130,7 +130,9 @@ def run_cli(args: argparse.Namespace) -> int:
         log.info("signal %d: cancelling", signum)
         run.cancel_event.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal (or a parent that went away) cancels cleanly instead of leaving
+    # the temporary and preview folders behind.
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
         try:
             old_handlers[sig] = signal.signal(sig, on_signal)
         except ValueError:  # not the main thread (e.g. called from tests)

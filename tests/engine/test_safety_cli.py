@@ -626,3 +626,30 @@ def test_overwrite_home_folder(tmp_path):
     assert_error(p, msgs, 6, "output", str(home), "marker")
     assert_before_fit(msgs)
     assert snapshot(tmp_path) == before
+
+
+@needs_photo
+def test_sighup_cancels_cleanly(tmp_path):
+    """The terminal that started the engine closes mid-fit."""
+    out = tmp_path / "out"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen(engine_cmd("fit", str(PHOTO), "-o", str(out), "--json-progress", "--preset", "fast",
+                                       "--recognizer", "none"),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE,
+                            text=True, cwd=REPO, env=_env(tmp))
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = decode(line)
+            if m and m["type"] == "progress" and m["stage"] == "fine":
+                proc.send_signal(signal.SIGHUP)
+                break
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert messages("".join(lines) + rest)[-1]["code"] == "cancelled"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["tmp"] and list(tmp.iterdir()) == []
