@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-# Protocol exit codes (docs/protocol.md) -> error codes, for a child that died without saying why.
-EXIT_CODES = {1: "internal", 2: "usage", 3: "bad_input", 4: "no_face", 5: "missing_model",
-              6: "output", 130: "cancelled"}
+from . import contract
+
+# Protocol exit codes (contract.EXIT_CODES) -> error codes, for a child that died without saying why.
+EXIT_CODES = {row.exit: row.code for row in contract.EXIT_CODES if row.exit != contract.EXIT_OK}
 
 CANCEL_GRACE_S = 5.0
 LOG_TAIL_LINES = 20
@@ -181,12 +182,12 @@ class EngineClient:
                 if not line:
                     continue
                 try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
+                    msg = contract.decode(line)
+                except ValueError:
                     continue  # not a protocol line (a stray print): the protocol says ignore
-                if not isinstance(msg, dict) or "type" not in msg:
+                if msg is None:
                     continue
-                if msg["type"] in ("result", "error") and self.terminal is None:
+                if msg["type"] in contract.FINAL_TYPES and self.terminal is None:
                     self.terminal = msg
                 self.events.put(msg)
         finally:
@@ -213,7 +214,7 @@ class EngineClient:
             code = "internal"
             msg = f"The engine was stopped by signal {-rc} before it finished."
         else:
-            code = EXIT_CODES.get(rc, "internal")
+            code = contract.error_code_for(rc)
             msg = f"The engine crashed (exit code {rc})."
         if tail:
             msg += " Last log lines:\n" + tail

@@ -6,12 +6,13 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
+from . import contract
+
+# The engine's presets and their descriptions come from the contract (engine/contract.py).
+ENGINE_PRESET_ITEMS = tuple((p.name, p.label, p.description) for p in contract.PRESETS)
 PRESET_ITEMS = (
     ("DEFAULT", "Default", "The default preset set in the add-on preferences"),
-    ("fast", "Fast", "Quick look: fewer steps, smaller texture"),
-    ("balanced", "Balanced", "Good quality in a few minutes on a CPU"),
-    ("best", "Best", "Most steps and the largest texture (slow without a GPU)"),
-)
+) + ENGINE_PRESET_ITEMS
 
 TEXTURE_RES_ITEMS = (
     ("PRESET", "From Preset", "Use the preset's texture size"),

@@ -18,7 +18,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import client as client_mod
-from . import paths
+from . import command, contract, paths
 
 POLL_INTERVAL_S = 0.1
 PREVIEW_IMAGE = ".ganfit_preview"
@@ -74,18 +74,12 @@ _jobs: list[Job] = []
 
 def build_command(python: str, photo: str, result_dir: Path, *, preset: str, device: str,
                   texture_res: int | None = None, neutral: bool = False,
-                  max_steps: int | None = None, extra_args: Sequence[str] = ()) -> list[str]:
-    """The engine's ``fit`` command line (``docs/protocol.md``)."""
-    argv = [python, "-m", "engine", "fit", str(photo), "-o", str(result_dir), "--json-progress",
-            "--preset", preset, "--device", device]
-    if texture_res:
-        argv += ["--texture-res", str(int(texture_res))]
-    if neutral:
-        argv.append("--neutral")
-    if max_steps:
-        argv += ["--max-steps", str(int(max_steps))]
-    argv += list(extra_args)
-    return argv
+                  max_steps: int | None = None, overwrite: bool = False,
+                  extra_args: Sequence[str] = ()) -> list[str]:
+    """The engine's ``fit`` command line (``command.fit_command``)."""
+    return command.fit_command(python, photo, result_dir, preset=preset, device=device,
+                               texture_res=texture_res, neutral=neutral, max_steps=max_steps,
+                               overwrite=overwrite, extra_args=extra_args)
 
 
 def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balanced",

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# test_addon_*.py need bpy; the other test files (contract, result reader) are plain tests.
 if importlib.util.find_spec("bpy") is None:  # find_spec does not import bpy
-    collect_ignore_glob = ["test_*.py"]
+    collect_ignore_glob = ["test_addon_*.py"]
 else:
     # addon_testlib points Blender's user folders at a temp folder, then imports bpy.
     from addon_testlib import (ADDON, disable_addon, enable_addon, engine_reason,
