@@ -192,3 +192,20 @@ def test_check_engine_real():
     assert bpy.ops.ganfit.check_engine() == {"FINISHED"}
     info = importlib.import_module(f"{ADDON}.preferences").STATUS["check"]
     assert "torch" in info
+
+
+def test_obj_reader_other_than_ours_gets_the_texture():
+    """Blender's own OBJ importer (a third-party reader for our files) on a real result folder:
+    face.obj's ``usemtl`` names face.mtl's material, so it arrives with albedo.png."""
+    folder = _result_dir()
+    contract = importlib.import_module(f"{ADDON}.contract")
+    before = set(bpy.data.objects)
+    assert bpy.ops.wm.obj_import(filepath=str(folder / "face.obj")) == {"FINISHED"}
+    new = [o for o in bpy.data.objects if o not in before and o.type == "MESH"]
+    assert len(new) == 1
+    mats = [m for m in new[0].data.materials if m is not None]
+    assert [m.name for m in mats] == [contract.OBJ_MATERIAL]
+    images = [n.image for n in mats[0].node_tree.nodes if n.type == "TEX_IMAGE" and n.image]
+    assert images and Path(bpy.path.abspath(images[0].filepath)).name == "albedo.png"
+    assert tuple(images[0].size) == tuple(np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).open(folder / "albedo.png").size))
