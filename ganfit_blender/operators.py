@@ -21,6 +21,19 @@ class FitError(Exception):
     """A fit that cannot start or did not produce a result; the message is for the user."""
 
 
+def _report_warnings(op: Any, context: Any, ob: Any, extra: Any = ()) -> list[str]:
+    """Report the import's warnings (the engine's ``warnings`` and the reader's) as WARNING
+    reports and keep them for the panel. Returns them."""
+    warnings = list(dict.fromkeys([*importer.result_warnings(ob),
+                                   *(str(w) for w in (extra or ()) if isinstance(w, str))]))
+    for w in warnings:
+        op.report({"WARNING"}, w)
+    rt = getattr(context.window_manager, "ganfit", None)
+    if rt is not None:
+        rt.last_warnings = "\n".join(warnings)
+    return warnings
+
+
 def _photo_from_image(image: bpy.types.Image) -> str:
     """A file path for a Blender image: its own file if unchanged on disk, else a PNG copy."""
     src = bpy.path.abspath(image.filepath) if image.filepath else ""
@@ -138,7 +151,9 @@ class GANFIT_OT_fit(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         summary = runner.format_summary((job.result or {}).get("summary") or {})
-        self.report({"INFO"}, f"Imported {ob.name} ({summary})")
+        warnings = _report_warnings(self, context, ob, (job.result or {}).get("warnings"))
+        note = f"; {len(warnings)} warning(s)" if warnings else ""
+        self.report({"INFO"}, f"Imported {ob.name} ({summary}{note})")
         return {"FINISHED"}
 
     # -- entry points ----------------------------------------------------------------------
@@ -250,7 +265,9 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         except importer.ResultImportError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Imported {ob.name} in {time.monotonic() - t0:.1f} s")
+        warnings = _report_warnings(self, context, ob)
+        note = f"; {len(warnings)} warning(s)" if warnings else ""
+        self.report({"INFO"}, f"Imported {ob.name} in {time.monotonic() - t0:.1f} s{note}")
         return {"FINISHED"}
 
     def invoke(self, context: Any, event: Any) -> set[str]:

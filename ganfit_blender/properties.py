@@ -59,6 +59,8 @@ class GANFIT_PG_runtime(bpy.types.PropertyGroup):
     message: StringProperty(name="Message")
     last_summary: StringProperty(name="Last Summary")
     last_error: StringProperty(name="Last Error")
+    last_warnings: StringProperty(name="Last Warnings",
+                                  description="Warnings of the last import, one a line")
     last_result: StringProperty(name="Last Result", subtype="DIR_PATH")
     preview_image: StringProperty(name="Preview Image",
                                   description="Name of the image that shows the latest overlay")

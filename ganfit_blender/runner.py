@@ -257,6 +257,7 @@ def _sync_wm(job: Job | None) -> None:
             rt.last_error = job.error_message()
     else:
         rt.last_error = ""
+        rt.last_warnings = ""
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 # test_addon_*.py need bpy; the other test files (contract, result reader) are plain tests.
-if importlib.util.find_spec("bpy") is None:  # find_spec does not import bpy
+def _has_bpy() -> bool:
+    try:
+        return importlib.util.find_spec("bpy") is not None  # find_spec does not import bpy
+    except (ImportError, ValueError):
+        return False
+
+
+if not _has_bpy():
     collect_ignore_glob = ["test_addon_*.py"]
 else:
     # addon_testlib points Blender's user folders at a temp folder, then imports bpy.

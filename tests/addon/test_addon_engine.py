@@ -209,3 +209,10 @@ def test_obj_reader_other_than_ours_gets_the_texture():
     assert images and Path(bpy.path.abspath(images[0].filepath)).name == "albedo.png"
     assert tuple(images[0].size) == tuple(np.asarray(
         __import__("PIL.Image", fromlist=["Image"]).open(folder / "albedo.png").size))
+
+
+def test_real_result_matches_the_documented_schema():
+    """The same check the fake result folder passes (fake_result.check_documented_schema), on a
+    folder the real engine wrote: the fake cannot drift from the engine without one failing."""
+    from fake_result import check_documented_schema
+    check_documented_schema(_result_dir())
