@@ -74,6 +74,9 @@ class GANFIT_OT_fit(bpy.types.Operator):
     create_camera: BoolProperty(name="Create Camera", default=True)
     output_dir: StringProperty(name="Result Folder", subtype="DIR_PATH",
                                description="Result folder to create (empty: automatic)")
+    overwrite: BoolProperty(name="Overwrite", default=False,
+                            description="Replace the Result Folder if it is a GANFit result "
+                                        "(any other existing folder is never replaced)")
     max_steps: IntProperty(name="Max Steps", default=0, min=0,
                            description="Cap the steps of each stage (0: the preset's); for quick "
                                        "looks and tests", options={"HIDDEN", "SKIP_SAVE"})
@@ -121,15 +124,23 @@ class GANFIT_OT_fit(bpy.types.Operator):
         if python is None:
             raise FitError(err)
         extra_args, extra_env = preferences.engine_options(prefs)
-        out = (Path(bpy.path.abspath(self.output_dir)) if self.output_dir
-               else paths.new_result_dir(_result_base(prefs), photo))
         device = prefs.device if prefs is not None else "auto"
         try:
+            if self.output_dir:
+                out = Path(bpy.path.abspath(self.output_dir))
+                runner.check_output_dir(out, photo, self.overwrite)
+            else:
+                base = _result_base(prefs)
+                try:
+                    out = paths.new_result_dir(base, photo)
+                except OSError as exc:
+                    raise FitError(f"Cannot write results under {base}: {exc}") from exc
             return runner.start_fit(photo, out, python=python, preset=preset, device=device,
                                     texture_res=texture_res,
                                     neutral=not self._opt(context, "fit_expression"),
-                                    max_steps=self.max_steps or None, extra_args=extra_args,
-                                    extra_env=extra_env)
+                                    max_steps=self.max_steps or None,
+                                    overwrite=bool(self.output_dir) and self.overwrite,
+                                    extra_args=extra_args, extra_env=extra_env)
         except runner.FitStartError as exc:
             raise FitError(str(exc)) from exc
 

@@ -71,6 +71,8 @@ for i in range(n):
     send(type="progress", stage="fine", step=i, total=n, fraction=i / n, eta=(n - i) * 0.05,
          losses={"photo": 0.1}, elapsed=0.1)
     time.sleep(0.05 if mode == "slow" else 0.0)
+if "--overwrite" in argv and os.path.isfile(os.path.join(out, "result.json")):
+    shutil.rmtree(out)
 shutil.copytree(os.environ["FAKE_RESULT"], out)
 extra = {}
 if mode == "warn":

@@ -164,7 +164,11 @@ EXIT_MESSAGES = {1: "crashed", 2: "command line", 3: "photo", 4: "face", 5: "mod
 @pytest.mark.parametrize("code", sorted(EXIT_MESSAGES))
 def test_engine_exits_without_a_message(fake_engine, code):
     before = _counts()
-    msg = _fit_error(fake_engine, f"exit:{code}")
+    if code == 130:  # cancelled (e.g. SIGINT from elsewhere): a warning, not an error
+        assert fake_engine(f"exit:{code}") == {"CANCELLED"}
+        msg = _mod("runner").jobs()[-1].error_message()
+    else:
+        msg = _fit_error(fake_engine, f"exit:{code}")
     assert f"exit code {code}" in msg and EXIT_MESSAGES[code] in msg.lower(), msg
     job = _mod("runner").jobs()[-1]
     assert job.error["code"] == _mod("contract").error_code_for(code)
@@ -224,7 +228,9 @@ def test_existing_plain_folder_is_refused_before_the_engine_runs(fake_engine, tm
 
 
 def test_overwrite_passes_only_for_a_result_folder(fake_engine, fake_result):
-    assert fake_engine("ok", output_dir=str(fake_result), overwrite=True) == {"CANCELLED"} or True
+    msg = _fit_error(fake_engine, "ok", output_dir=str(fake_result))  # exists, no Overwrite
+    assert "already exists" in msg and "Overwrite" in msg
+    assert fake_engine("ok", output_dir=str(fake_result), overwrite=True) == {"FINISHED"}
     argv = fake_engine.argv()
     assert "--overwrite" in argv and argv[argv.index("-o") + 1] == str(fake_result)
 
@@ -246,3 +252,11 @@ def test_two_jobs_at_once_get_distinct_result_folders(fake_engine, tmp_path, mon
         job.cancel()
         runner.wait(job, timeout=20)
     assert all(j.state == "cancelled" for j in jobs)
+
+
+def test_fit_reports_the_engines_warnings(fake_engine, capsys):
+    assert fake_engine("warn") == {"FINISHED"}
+    out = capsys.readouterr().out
+    assert "Warning: The face is small (52 px)" in out and "1 warning(s)" in out
+    rt = bpy.context.window_manager.ganfit
+    assert rt.last_warnings == "The face is small (52 px): the fit and texture will be coarse."
