@@ -216,3 +216,26 @@ def test_real_result_matches_the_documented_schema():
     folder the real engine wrote: the fake cannot drift from the engine without one failing."""
     from fake_result import check_documented_schema
     check_documented_schema(_result_dir())
+
+
+def test_engine_python_without_numpy_or_torch(tmp_path):
+    """The real engine under a bare venv (no numpy, no torch): the user is told the engine
+    environment is incomplete and how to repair it, not 'internal error'."""
+    import subprocess
+    import sys
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    bare = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    proc = subprocess.run([str(bare), "-c", "import numpy"], capture_output=True)
+    assert proc.returncode != 0, "the bare venv must lack numpy"
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.engine_python = str(bare)
+    out = tmp_path / "out" / "r"
+    with pytest.raises(RuntimeError) as info:
+        _fit(output_dir=str(out))
+    msg = str(info.value)
+    assert "engine environment is incomplete" in msg and str(bare) in msg, msg
+    assert "'numpy'" in msg or "'torch'" in msg
+    assert "Install Engine Environment" in msg and "Internal error" not in msg
+    _assert_clean_failure(out.parent, _runner().jobs()[-1].pid)
