@@ -51,6 +51,13 @@ def results_base(blend_filepath: str) -> Path:
 
 
 ENGINE_PREVIEW_PREFIX = "ganfit-preview-"  # the engine's temp folder of preview PNGs
+JOB_TMP_PREFIX = "ganfit-job-"  # the extension's per-job temp folder (the engine's TMPDIR)
+
+
+def temp_env(folder: Path) -> dict[str, str]:
+    """Environment variables that make ``folder`` the child's temp folder (tempfile honours
+    TMPDIR, TEMP and TMP, in that order, on every platform)."""
+    return {"TMPDIR": str(folder), "TEMP": str(folder), "TMP": str(folder)}
 
 
 def new_result_dir(base: Path, photo: str) -> Path:

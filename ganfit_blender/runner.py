@@ -9,6 +9,7 @@ runs).
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class Job:
     # the ``.<name>.tmp-*`` siblings that existed before it started (never ours to remove).
     engine_dirs: set[str] = field(default_factory=set)
     tmp_before: frozenset[str] = frozenset()
+    temp_dir: Path | None = None  # the engine's TMPDIR, made for this job, removed at its end
 
     @property
     def finished(self) -> bool:
@@ -130,14 +132,23 @@ def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balan
     argv = build_command(python, photo, result_dir, preset=preset, device=device,
                          texture_res=texture_res, neutral=neutral, max_steps=max_steps,
                          overwrite=overwrite and result_dir.exists(), extra_args=extra_args)
-    cl = client_mod.EngineClient(argv, cwd=root, env=paths.engine_env(root, extra_env),
-                                 log_path=log_path)
+    # A temp folder of this job's own: whatever the engine puts in the temp folder (its
+    # ganfit-preview-* folder, library scratch files) is removed with it when the job ends, even
+    # after a SIGKILL, and nothing of another job or program is touched.
+    try:
+        job_tmp = Path(tempfile.mkdtemp(prefix=paths.JOB_TMP_PREFIX))
+    except OSError as exc:
+        raise FitStartError(f"Cannot create a temporary folder: {exc}") from exc
+    env = paths.engine_env(root, {**paths.temp_env(job_tmp), **(extra_env or {})})
+    cl = client_mod.EngineClient(argv, cwd=root, env=env, log_path=log_path)
     try:
         cl.start()
     except OSError as exc:
+        shutil.rmtree(job_tmp, ignore_errors=True)
         raise FitStartError(f"Could not start the engine with {python}: {exc}") from exc
     job = Job(client=cl, photo=str(photo), result_dir=result_dir, argv=argv,
-              message="Starting the engine", python=str(python), tmp_before=tmp_before)
+              message="Starting the engine", python=str(python), tmp_before=tmp_before,
+              temp_dir=job_tmp)
     _jobs.append(job)
     _ensure_timer()
     _sync_wm(job)
@@ -233,6 +244,8 @@ def _apply(job: Job, msg: dict[str, Any]) -> None:
         job.error = msg
     elif kind == "exit":
         job.returncode = msg.get("returncode")
+        if job.temp_dir is not None:  # the child is gone: its temp files are garbage now
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
         terminal = job.client.terminal or {}
         if terminal.get("type") == "result" and job.returncode == 0:
             job.state, job.error = "done", None

@@ -2,7 +2,7 @@
 
 It speaks the protocol and copies a prepared result folder; it is not a fit. Modes (env
 FAKE_MODE): ok, no_face, crash, slow (runs until cancelled), exit:N (exit N with no message),
-die (leave a preview folder and a ``.<name>.tmp-*`` work folder, then SIGKILL itself),
+die_early (SIGKILL right after making its preview folder), die (leave a preview folder and a ``.<name>.tmp-*`` work folder, then SIGKILL itself),
 no_module (an engine Python without torch: ModuleNotFoundError on stderr, exit 1),
 no_module_msg (the same reported as an ``internal`` protocol error), output (an ``output`` error,
 exit 6), warn (a result whose result.json and ``result`` message carry ``warnings``).
@@ -48,6 +48,12 @@ if mode == "output":
     send(type="error", code="output", exit_code=6,
          msg="The output folder already exists: " + out + ". Choose another folder or pass --overwrite to replace it.")
     sys.exit(6)
+if mode == "die_early":  # killed after making its temp folder, before any preview names it
+    import signal, tempfile
+    prev = tempfile.mkdtemp(prefix="ganfit-preview-")
+    with open(os.environ["FAKE_ARGV_LOG"] + ".tmp", "w") as fh:
+        fh.write(prev)
+    os.kill(os.getpid(), signal.SIGKILL)
 if mode == "die":
     import signal, tempfile
     work = tempfile.mkdtemp(prefix="." + os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))

@@ -196,6 +196,20 @@ def test_engine_killed_cleans_its_temp_folders_only(fake_engine, tmp_path):
         [".mine.tmp-before", ".other.tmp-1234"]
     assert [p.name for p in fake_engine.tmp.iterdir()] == ["ganfit-preview-someoneelse"]
     assert (foreign_preview / "preview_0001.png").is_file()
+    job = _mod("runner").jobs()[-1]
+    preview_dirs = [Path(d) for d in job.engine_dirs if "ganfit-preview-" in d]
+    assert preview_dirs and not any(d.exists() for d in preview_dirs)  # the one it named: gone
+    assert job.temp_dir is not None and not job.temp_dir.exists()
+
+
+def test_engine_killed_before_naming_its_preview_folder(fake_engine, tmp_path):
+    msg = _fit_error(fake_engine, "die_early")
+    assert "signal 9" in msg
+    made = Path((tmp_path / "argv.json.tmp").read_text())
+    job = _mod("runner").jobs()[-1]
+    assert made.name.startswith("ganfit-preview-") and made.parent == job.temp_dir
+    assert not made.exists() and not job.temp_dir.exists()
+    assert _leftovers(fake_engine.results) == []
 
 
 @pytest.mark.parametrize("mode", ["no_module", "no_module_msg"])
