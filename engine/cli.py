@@ -7,8 +7,8 @@ Commands:
   bench render|fit        benchmarks that print figures
   check                   self-check: versions, device, backends, models
 
-Exit codes (docs/protocol.md): 0 ok, 1 internal error, 2 usage, 3 bad input, 4 no face,
-5 missing model, 6 output folder problem, 130 cancelled.
+Exit codes and presets are defined once in ``contract.py`` (``--help`` prints the table;
+docs/protocol.md explains it).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import os
 import sys
 
 from . import __version__
+from .contract import DEFAULT_PRESET, PRESET_NAMES, exit_code_summary
 
-PRESETS = ("fast", "balanced", "best")
+PRESETS = PRESET_NAMES
 FOCAL_35MM_RANGE = (4.0, 2000.0)  # fisheye to super-telephoto, 35 mm equivalent
 SEED_MAX = 2 ** 32 - 1
 
@@ -77,8 +78,8 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
                                    "(GANFit-style) and write a result folder (docs/result-format.md).")
     p.add_argument("photo", help="the photo (JPEG, PNG, ...); EXIF orientation is applied")
     p.add_argument("-o", "--output", required=True, help="result folder to create")
-    p.add_argument("--preset", choices=PRESETS, default="balanced",
-                   help="speed/quality trade-off (default: balanced)")
+    p.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET,
+                   help=f"speed/quality trade-off (default: {DEFAULT_PRESET})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA when available (nvdiffrast if installed), else CPU")
     p.add_argument("--face-index", type=_whole(0), default=0,
@@ -114,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="python -m engine",
         description="ganfit engine %s: GANFit-style 3D face fitting from one photo." % __version__,
-        epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 no face, "
-               "5 missing model, 6 output folder, 130 cancelled. See docs/protocol.md.")
+        epilog=f"Exit codes: {exit_code_summary()}. See docs/protocol.md.")
     ap.add_argument("--version", action="version", version=__version__)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -7,17 +7,22 @@ its JSON-lines progress on stdout, and the result folder (docs/protocol.md, docs
 
 from __future__ import annotations
 
-import bpy
-from bpy.props import PointerProperty
+try:
+    import bpy
+except ModuleNotFoundError:  # outside Blender: only the bpy-free modules are usable
+    bpy = None  # (contract, client, paths, result: their unit tests run without bpy)
 
-from . import operators, panel, preferences, properties, runner
+if bpy is not None:
+    from bpy.props import PointerProperty
 
-_classes = (
-    *properties.classes,
-    *preferences.classes,
-    *operators.classes,
-    *panel.classes,
-)
+    from . import operators, panel, preferences, properties, runner
+
+    _classes = (
+        *properties.classes,
+        *preferences.classes,
+        *operators.classes,
+        *panel.classes,
+    )
 
 
 def _menu_import(self, context) -> None:

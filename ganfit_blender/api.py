@@ -25,7 +25,8 @@ def fit_photo(path: str | Path, **options: Any) -> bpy.types.Object:
         path: the photo.
         **options: ``ganfit.fit`` operator options: ``preset`` ('fast'|'balanced'|'best'),
             ``texture_resolution`` ('256'..'2048'), ``fit_expression``, ``create_camera``,
-            ``output_dir``, ``max_steps``.
+            ``output_dir``, ``overwrite`` (replace ``output_dir`` if it is a GANFit result folder;
+            any other existing folder is refused), ``max_steps``.
 
     Returns:
         The new mesh object (active).

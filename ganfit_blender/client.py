@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -25,12 +26,64 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-# Protocol exit codes (docs/protocol.md) -> error codes, for a child that died without saying why.
-EXIT_CODES = {1: "internal", 2: "usage", 3: "bad_input", 4: "no_face", 5: "missing_model",
-              6: "output", 130: "cancelled"}
+from . import contract
+
+# Protocol exit codes (contract.EXIT_CODES) -> error codes, for a child that died without saying why.
+EXIT_CODES = {row.exit: row.code for row in contract.EXIT_CODES if row.exit != contract.EXIT_OK}
 
 CANCEL_GRACE_S = 5.0
 LOG_TAIL_LINES = 20
+
+# What a bare exit status means to the user (the engine died before it could send its ``error``).
+EXIT_HINTS = {
+    "internal": "The engine crashed (exit code {rc}).",
+    "usage": "The engine refused its command line (exit code {rc}): the extension and its engine "
+             "do not match; reinstall the extension.",
+    "bad_input": "The engine could not read the photo (exit code {rc}).",
+    "no_face": "The engine found no face in the photo (exit code {rc}).",
+    "missing_model": "A model file the engine needs is missing (exit code {rc}): check the model "
+                     "folders in the GANFit preferences.",
+    "output": "The engine could not write the result folder (exit code {rc}): choose another "
+              "Result Folder.",
+    "cancelled": "The engine was cancelled (exit code {rc}).",
+}
+
+# The preferences' repair action (preferences.GANFIT_OT_install_environment's label).
+REPAIR_HINT = ("Repair it with 'Install Engine Environment' in Preferences > Add-ons > GANFit, or "
+               "install the engine's requirements.txt into that Python.")
+_NO_MODULE = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '?([\w.]+)'?")
+
+
+def missing_module(*texts: str | None) -> str | None:
+    """The top-level package named by a ``ModuleNotFoundError`` in any of ``texts`` (an error
+    message, its detail, a log tail), or None."""
+    for text in texts:
+        m = _NO_MODULE.search(text or "")
+        if m:
+            return m.group(1).split(".")[0]
+    return None
+
+
+def environment_error(error: dict[str, Any], python: str, log_path: Path | None = None
+                      ) -> dict[str, Any] | None:
+    """An ``environment`` error to show instead of ``error`` when the engine failed because its
+    Python lacks a package (numpy, torch, ...): the environment is incomplete, not the engine
+    broken. None when that is not the cause."""
+    if error.get("code") not in ("internal", None):
+        return None
+    name = missing_module(str(error.get("msg") or ""), str(error.get("detail") or ""),
+                          tail_text(log_path))
+    if name is None:
+        return None
+    if name == "engine":
+        msg = ("The engine is missing from the extension (Python cannot find the 'engine' "
+               "package); reinstall the extension.")
+    else:
+        msg = (f"The engine environment is incomplete: the Python package '{name}' is missing from "
+               f"{python}. {REPAIR_HINT}")
+    return {"v": contract.PROTOCOL_VERSION, "type": "error", "code": "environment",
+            "exit_code": error.get("exit_code"), "msg": msg, "detail": error.get("detail"),
+            "synthetic": True, "missing_module": name}
 
 
 def tail_text(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
@@ -181,12 +234,12 @@ class EngineClient:
                 if not line:
                     continue
                 try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
+                    msg = contract.decode(line)
+                except ValueError:
                     continue  # not a protocol line (a stray print): the protocol says ignore
-                if not isinstance(msg, dict) or "type" not in msg:
+                if msg is None:
                     continue
-                if msg["type"] in ("result", "error") and self.terminal is None:
+                if msg["type"] in contract.FINAL_TYPES and self.terminal is None:
                     self.terminal = msg
                 self.events.put(msg)
         finally:
@@ -213,8 +266,8 @@ class EngineClient:
             code = "internal"
             msg = f"The engine was stopped by signal {-rc} before it finished."
         else:
-            code = EXIT_CODES.get(rc, "internal")
-            msg = f"The engine crashed (exit code {rc})."
+            code = contract.error_code_for(rc)
+            msg = EXIT_HINTS.get(code, EXIT_HINTS["internal"]).format(rc=rc)
         if tail:
             msg += " Last log lines:\n" + tail
         elif self.log_path is not None:

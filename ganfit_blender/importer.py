@@ -1,13 +1,7 @@
 """Build Blender data from an engine result folder (``docs/result-format.md``).
 
-This is the only module that knows the axis and UV conventions:
-
-* OBJ / model space is +Y up, +Z forward (metres); Blender is +Z up. A point (x, y, z) becomes
-  (x, -z, y), so the face looks toward Blender's -Y (front view). Done once, in
-  :func:`obj_to_blender`.
-* OBJ texture coordinates have v up, as Blender's UVs do, so they are used unchanged.
-* ``result.json``'s ``camera.world_to_camera`` maps model space to an OpenGL/Blender camera frame,
-  so the camera object's world matrix is ``AXIS @ inverse(world_to_camera)``.
+Reading and checking the folder (schema, OBJ, arrays, camera maths, the axis and UV conventions)
+is ``result.py``, which has no bpy; this module only builds Blender data from it.
 
 Texture: the Image Texture references ``albedo.png`` in the result folder; it is **not packed**.
 Result folders live next to the saved .blend (``<blend dir>/ganfit/...``), and the image path is
@@ -23,9 +17,6 @@ datablock made so far is removed, so a failed import leaves nothing behind.
 
 from __future__ import annotations
 
-import json
-
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,273 +24,13 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+# The bpy-free reading of the folder (re-exported: scripts and tests use them from here).
+from .result import (AXIS, SENSOR_WIDTH_MM, CameraSetup, ObjMesh, ResultFolder,  # noqa: F401
+                     ResultImportError, camera_setup, check_png, load_result, obj_to_blender,
+                     parse_obj)
+
 COLLECTION_NAME = "GANFit"
 UV_LAYER_NAME = "UVMap"
-SENSOR_WIDTH_MM = 36.0
-
-# (x, y, z)_obj -> (x, -z, y)_blender, as a matrix acting on column vectors.
-AXIS = np.array([[1.0, 0.0, 0.0, 0.0],
-                 [0.0, 0.0, -1.0, 0.0],
-                 [0.0, 1.0, 0.0, 0.0],
-                 [0.0, 0.0, 0.0, 1.0]])
-
-
-class ResultImportError(Exception):
-    """A result folder that cannot be imported; the message says what is wrong."""
-
-
-
-def obj_to_blender(points: np.ndarray) -> np.ndarray:
-    """Model/OBJ space (+Y up) to Blender (+Z up).
-
-    Args:
-        points: (N, 3) float, metres.
-
-    Returns:
-        (N, 3) float32 array (x, -z, y).
-    """
-    p = np.asarray(points, dtype=np.float32)
-    return np.stack([p[:, 0], -p[:, 2], p[:, 1]], axis=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# OBJ parsing (numpy; Blender's OBJ importer would re-order and split vertices)
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class ObjMesh:
-    """A parsed OBJ: positions, texture coordinates and n-gons with per-corner indices (0-based).
-
-    Attributes:
-        verts: (V, 3) float32.
-        uvs: (T, 2) float32 (v up).
-        face_sizes: (F,) int32, corners per face (3 or 4 here; any n >= 3 works).
-        face_verts: (L,) int32, vertex index per corner, faces concatenated.
-        face_uvs: (L,) int32 or None, uv index per corner.
-    """
-
-    verts: np.ndarray
-    uvs: np.ndarray
-    face_sizes: np.ndarray
-    face_verts: np.ndarray
-    face_uvs: np.ndarray | None
-    material: str | None = None
-    mtllib: str | None = None
-
-
-def _floats(rows: list[str], width: int, what: str) -> np.ndarray:
-    if not rows:
-        return np.zeros((0, width), dtype=np.float32)
-    flat = np.array(" ".join(rows).split(), dtype=np.float64)
-    # ``v`` may carry an optional w or vertex colours: only whole rows of equal length are kept.
-    n = len(rows)
-    if flat.size % n != 0:
-        raise ResultImportError(f"face.obj: '{what}' lines have different numbers of values")
-    return flat.reshape(n, -1)[:, :width].astype(np.float32)
-
-
-def parse_obj(path: Path) -> ObjMesh:
-    """Read ``v``, ``vt`` and ``f`` (``v``, ``v/vt``, ``v/vt/vn`` or ``v//vn`` corners) from an OBJ.
-
-    Raises:
-        ResultImportError: unreadable file, no faces, or indices out of range.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise ResultImportError(f"Cannot read {path}: {exc}") from exc
-    v_rows: list[str] = []
-    vt_rows: list[str] = []
-    f_rows: list[str] = []
-    material = mtllib = None
-    for line in text.splitlines():
-        if line.startswith("v "):
-            v_rows.append(line[2:])
-        elif line.startswith("vt "):
-            vt_rows.append(line[3:])
-        elif line.startswith("f "):
-            f_rows.append(line[2:])
-        elif line.startswith("usemtl ") and material is None:
-            material = line[7:].strip()
-        elif line.startswith("mtllib ") and mtllib is None:
-            mtllib = line[7:].strip()
-    if not f_rows:
-        raise ResultImportError(f"{path} has no faces")
-    verts = _floats(v_rows, 3, "v")
-    uvs = _floats(vt_rows, 2, "vt")
-
-    corners_per_face = [row.split() for row in f_rows]
-    sizes = np.fromiter((len(c) for c in corners_per_face), dtype=np.int32, count=len(f_rows))
-    tokens = [t for c in corners_per_face for t in c]
-    # Every corner in the file has the same form (the engine writes ``v/vt``); detect it once.
-    first = tokens[0]
-    if "//" in first:
-        nums = np.array(" ".join(tokens).replace("//", " ").split(), dtype=np.int64).reshape(-1, 2)
-        fv, ft = nums[:, 0], None
-    elif "/" in first:
-        k = first.count("/") + 1
-        flat = " ".join(tokens).replace("/", " ").split()
-        if len(flat) != k * len(tokens):
-            raise ResultImportError(f"{path}: face corners mix different index forms")
-        nums = np.array(flat, dtype=np.int64).reshape(-1, k)
-        fv, ft = nums[:, 0], nums[:, 1]
-    else:
-        fv, ft = np.array(tokens, dtype=np.int64), None
-
-    def to_zero_based(idx: np.ndarray, count: int, what: str) -> np.ndarray:
-        # Negative OBJ indices count back from the end (valid when all elements precede faces).
-        out = np.where(idx < 0, idx + count, idx - 1)
-        if out.size and (out.min() < 0 or out.max() >= count):
-            raise ResultImportError(f"{path}: a face refers to a {what} that does not exist")
-        return out.astype(np.int32)
-
-    face_verts = to_zero_based(fv, len(verts), "vertex")
-    face_uvs = to_zero_based(ft, len(uvs), "texture coordinate") if ft is not None else None
-    if sizes.min() < 3:
-        raise ResultImportError(f"{path}: a face has fewer than 3 corners")
-    return ObjMesh(verts, uvs, sizes, face_verts, face_uvs, material, mtllib)
-
-
-# ---------------------------------------------------------------------------------------------
-# Result folder
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class ResultFolder:
-    """The files of one result folder, loaded (no bpy)."""
-
-    folder: Path
-    meta: dict[str, Any]
-    obj: ObjMesh
-    albedo: Path | None
-    neutral: np.ndarray | None = None
-    deltas: np.ndarray | None = None
-    names: list[str] = field(default_factory=list)
-    weights: np.ndarray | None = None
-    params: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def has_shape_keys(self) -> bool:
-        return self.neutral is not None and self.deltas is not None
-
-
-def _file(folder: Path, meta: dict[str, Any], key: str, default: str) -> Path:
-    name = (meta.get("files") or {}).get(key) or default
-    return folder / name
-
-
-def load_result(folder: str | Path) -> ResultFolder:
-    """Read and check a result folder.
-
-    Raises:
-        ResultImportError: missing folder/files or inconsistent contents, with a readable message.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ResultImportError(f"Result folder not found: {folder}")
-    meta_path = folder / "result.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ResultImportError(f"{folder} is not a GANFit result folder (no result.json)") from exc
-    except (OSError, ValueError) as exc:
-        raise ResultImportError(f"Cannot read {meta_path}: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise ResultImportError(f"{meta_path} is not a JSON object")
-    schema = meta.get("schema", 1)
-    if schema != 1:
-        raise ResultImportError(f"{meta_path} has schema {schema}; this add-on reads schema 1. "
-                           "Update the add-on.")
-    obj_path = _file(folder, meta, "obj", "face.obj")
-    if not obj_path.is_file():
-        raise ResultImportError(f"Missing mesh file: {obj_path}")
-    obj = parse_obj(obj_path)
-    albedo = _file(folder, meta, "albedo", "albedo.png")
-    res = ResultFolder(folder=folder, meta=meta, obj=obj, albedo=albedo if albedo.is_file() else None)
-
-    bs_path = _file(folder, meta, "blendshapes", "blendshapes.npz")
-    if bs_path.is_file():
-        try:
-            with np.load(bs_path, allow_pickle=False) as z:
-                neutral = np.asarray(z["neutral"], dtype=np.float32)
-                deltas = np.asarray(z["deltas"], dtype=np.float32)
-                names = [str(n) for n in z["names"]]
-                weights = (np.asarray(z["weights"], dtype=np.float32) if "weights" in z.files
-                           else np.zeros(len(names), dtype=np.float32))
-        except (OSError, KeyError, ValueError) as exc:
-            raise ResultImportError(f"Cannot read {bs_path}: {exc}") from exc
-        v = len(obj.verts)
-        if neutral.shape != (v, 3) or deltas.ndim != 3 or deltas.shape[1:] != (v, 3) \
-                or len(names) != deltas.shape[0] or len(weights) != deltas.shape[0]:
-            raise ResultImportError(f"{bs_path} does not match face.obj ({v} vertices)")
-        res.neutral, res.deltas, res.names, res.weights = neutral, deltas, names, weights
-
-    params_path = _file(folder, meta, "params", "params.npz")
-    if params_path.is_file():
-        try:
-            with np.load(params_path, allow_pickle=False) as z:
-                res.params = {k: np.asarray(z[k]) for k in z.files}
-        except (OSError, ValueError):
-            res.params = {}  # optional extras; the mesh does not depend on them
-    return res
-
-
-# ---------------------------------------------------------------------------------------------
-# Camera maths (no bpy objects touched; unit tested)
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class CameraSetup:
-    """Blender camera settings equivalent to the engine's pinhole camera."""
-
-    matrix_world: np.ndarray  # (4, 4) camera-to-Blender-world
-    lens: float  # mm, with sensor_fit HORIZONTAL and sensor_width SENSOR_WIDTH_MM
-    shift_x: float
-    shift_y: float
-    width: int
-    height: int
-    pixel_aspect_x: float
-    pixel_aspect_y: float
-    clip_start: float
-    clip_end: float
-
-
-def camera_setup(cam: dict[str, Any]) -> CameraSetup:
-    """Convert ``result.json``'s ``camera`` to Blender camera settings.
-
-    With ``sensor_fit = 'HORIZONTAL'`` the sensor width spans the image width, so
-    ``lens = fx * sensor_width / width``, and Blender's shift is in units of the fitted side (the
-    width here; with AUTO fit it would be the larger side). A principal point right of centre
-    (cx > w/2) means the frame is shifted left, hence ``shift_x = (w/2 - cx) / w``, and with
-    image y pointing down ``shift_y = (cy - h/2) / w``. Non-square pixels (fy != fx) go to the render's
-    pixel aspect.
-    """
-    try:
-        w = int(cam["width"])
-        h = int(cam["height"])
-        fx = float(cam["fx"])
-        fy = float(cam.get("fy", fx))
-        cx = float(cam.get("cx", w / 2))
-        cy = float(cam.get("cy", h / 2))
-        w2c = np.asarray(cam["world_to_camera"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ResultImportError(f"result.json camera is incomplete: {exc}") from exc
-    if w2c.shape != (4, 4) or w <= 0 or h <= 0 or fx <= 0 or fy <= 0:
-        raise ResultImportError("result.json camera has invalid values")
-    try:
-        c2w = np.linalg.inv(w2c)
-    except np.linalg.LinAlgError as exc:
-        raise ResultImportError("result.json camera.world_to_camera is singular") from exc
-    side = w  # shift unit for sensor_fit HORIZONTAL
-    # Blender derives fy from fx and the pixel aspect: x / y aspect = fy / fx.
-    if fy >= fx:
-        pax, pay = fy / fx, 1.0
-    else:
-        pax, pay = 1.0, fx / fy
-    return CameraSetup(
-        matrix_world=AXIS @ c2w,
-        lens=fx * SENSOR_WIDTH_MM / w,
-        shift_x=(w / 2 - cx) / side,
-        shift_y=(cy - h / 2) / side,
-        width=w, height=h, pixel_aspect_x=pax, pixel_aspect_y=pay,
-        clip_start=float(cam.get("near", 0.01)), clip_end=float(cam.get("far", 100.0)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +86,37 @@ def _build_mesh(name: str, res: ResultFolder, created: _Created) -> bpy.types.Me
     return mesh
 
 
+def _load_albedo(name: str, res: ResultFolder, created: _Created) -> bpy.types.Image | None:
+    """albedo.png as a Blender image, or None (and a warning on ``res``) if Blender cannot decode
+    it: the head is then imported untextured, and the operator says so."""
+    assert res.albedo is not None
+    existing = {i.as_pointer() for i in bpy.data.images}
+    try:
+        image = bpy.data.images.load(str(res.albedo), check_existing=True)
+    except RuntimeError as exc:
+        res.warnings.append(f"{res.albedo.name} cannot be loaded ({exc}): the head was imported "
+                            "without its texture.")
+        return None
+    if image.as_pointer() not in existing:
+        if image.size[0] == 0 or image.size[1] == 0:  # decoding failed: pixels never arrive
+            bpy.data.images.remove(image)
+            res.warnings.append(f"{res.albedo.name} cannot be decoded: the head was imported "
+                                "without its texture.")
+            return None
+        created.add(bpy.data.images, image)
+    image.name = f"{name}_albedo"
+    return image
+
+
+WARNINGS_PROP = "ganfit_warnings"
+
+
+def result_warnings(ob: Any) -> list[str]:
+    """The warnings of the import that made ``ob`` (the engine's and the reader's), one a line."""
+    text = ob.get(WARNINGS_PROP, "") if ob is not None else ""
+    return [line for line in str(text).splitlines() if line.strip()]
+
+
 def _build_material(name: str, res: ResultFolder, created: _Created, pack: bool
                     ) -> tuple[bpy.types.Material, bpy.types.Image | None]:
     mat = created.add(bpy.data.materials, bpy.data.materials.new(name))
@@ -374,13 +136,8 @@ def _build_material(name: str, res: ResultFolder, created: _Created, pack: bool
     out.location = (300, 300)
     if "Roughness" in bsdf.inputs:
         bsdf.inputs["Roughness"].default_value = 0.6
-    image = None
-    if res.albedo is not None:
-        existing = {id(i) for i in bpy.data.images}
-        image = bpy.data.images.load(str(res.albedo), check_existing=True)
-        if id(image) not in existing:
-            created.add(bpy.data.images, image)
-        image.name = f"{name}_albedo"
+    image = _load_albedo(name, res, created) if res.albedo is not None else None
+    if image is not None:
         if bpy.data.filepath:
             try:
                 image.filepath = bpy.path.relpath(str(res.albedo))
@@ -513,6 +270,8 @@ def import_result(folder: str | Path, context: Any = None, *, create_camera: boo
         if shape_keys and res.has_shape_keys:
             _add_shape_keys(ob, res)
         _set_custom_props(ob, res)
+        if res.warnings:
+            ob[WARNINGS_PROP] = "\n".join(dict.fromkeys(res.warnings))
         _add_fitted_group(ob, res)
         cam_result = _build_camera(f"{name}_camera", res, scene, created) if create_camera else None
 
@@ -577,5 +336,5 @@ def projected_points(ob_camera: bpy.types.Object, scene: bpy.types.Scene,
     return out
 
 
-__all__ = ["import_result", "load_result", "parse_obj", "camera_setup", "obj_to_blender",
-           "ResultImportError", "ResultImportError", "COLLECTION_NAME"]
+__all__ = ["import_result", "result_warnings", "load_result", "parse_obj", "camera_setup",
+           "obj_to_blender", "ResultImportError", "COLLECTION_NAME"]

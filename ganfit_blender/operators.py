@@ -21,6 +21,19 @@ class FitError(Exception):
     """A fit that cannot start or did not produce a result; the message is for the user."""
 
 
+def _report_warnings(op: Any, context: Any, ob: Any, extra: Any = ()) -> list[str]:
+    """Report the import's warnings (the engine's ``warnings`` and the reader's) as WARNING
+    reports and keep them for the panel. Returns them."""
+    warnings = list(dict.fromkeys([*importer.result_warnings(ob),
+                                   *(str(w) for w in (extra or ()) if isinstance(w, str))]))
+    for w in warnings:
+        op.report({"WARNING"}, w)
+    rt = getattr(context.window_manager, "ganfit", None)
+    if rt is not None:
+        rt.last_warnings = "\n".join(warnings)
+    return warnings
+
+
 def _photo_from_image(image: bpy.types.Image) -> str:
     """A file path for a Blender image: its own file if unchanged on disk, else a PNG copy."""
     src = bpy.path.abspath(image.filepath) if image.filepath else ""
@@ -61,6 +74,9 @@ class GANFIT_OT_fit(bpy.types.Operator):
     create_camera: BoolProperty(name="Create Camera", default=True)
     output_dir: StringProperty(name="Result Folder", subtype="DIR_PATH",
                                description="Result folder to create (empty: automatic)")
+    overwrite: BoolProperty(name="Overwrite", default=False,
+                            description="Replace the Result Folder if it is a GANFit result "
+                                        "(any other existing folder is never replaced)")
     max_steps: IntProperty(name="Max Steps", default=0, min=0,
                            description="Cap the steps of each stage (0: the preset's); for quick "
                                        "looks and tests", options={"HIDDEN", "SKIP_SAVE"})
@@ -108,15 +124,23 @@ class GANFIT_OT_fit(bpy.types.Operator):
         if python is None:
             raise FitError(err)
         extra_args, extra_env = preferences.engine_options(prefs)
-        out = (Path(bpy.path.abspath(self.output_dir)) if self.output_dir
-               else paths.new_result_dir(_result_base(prefs), photo))
         device = prefs.device if prefs is not None else "auto"
         try:
+            if self.output_dir:
+                out = Path(bpy.path.abspath(self.output_dir))
+                runner.check_output_dir(out, photo, self.overwrite)
+            else:
+                base = _result_base(prefs)
+                try:
+                    out = paths.new_result_dir(base, photo)
+                except OSError as exc:
+                    raise FitError(f"Cannot write results under {base}: {exc}") from exc
             return runner.start_fit(photo, out, python=python, preset=preset, device=device,
                                     texture_res=texture_res,
                                     neutral=not self._opt(context, "fit_expression"),
-                                    max_steps=self.max_steps or None, extra_args=extra_args,
-                                    extra_env=extra_env)
+                                    max_steps=self.max_steps or None,
+                                    overwrite=bool(self.output_dir) and self.overwrite,
+                                    extra_args=extra_args, extra_env=extra_env)
         except runner.FitStartError as exc:
             raise FitError(str(exc)) from exc
 
@@ -138,7 +162,9 @@ class GANFIT_OT_fit(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         summary = runner.format_summary((job.result or {}).get("summary") or {})
-        self.report({"INFO"}, f"Imported {ob.name} ({summary})")
+        warnings = _report_warnings(self, context, ob, (job.result or {}).get("warnings"))
+        note = f"; {len(warnings)} warning(s)" if warnings else ""
+        self.report({"INFO"}, f"Imported {ob.name} ({summary}{note})")
         return {"FINISHED"}
 
     # -- entry points ----------------------------------------------------------------------
@@ -250,7 +276,9 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         except importer.ResultImportError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Imported {ob.name} in {time.monotonic() - t0:.1f} s")
+        warnings = _report_warnings(self, context, ob)
+        note = f"; {len(warnings)} warning(s)" if warnings else ""
+        self.report({"INFO"}, f"Imported {ob.name} in {time.monotonic() - t0:.1f} s{note}")
         return {"FINISHED"}
 
     def invoke(self, context: Any, event: Any) -> set[str]:

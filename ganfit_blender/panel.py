@@ -55,6 +55,10 @@ class GANFIT_PT_main(bpy.types.Panel):
                 box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
         elif rt.last_summary and job is None:
             layout.label(text=rt.last_summary, icon="CHECKMARK")
+        if rt.last_warnings and job is None and not rt.last_error:
+            box = layout.box()
+            for line in rt.last_warnings.splitlines()[:6]:
+                box.label(text=line, icon="ERROR")
 
         if job is None and not preferences.STATUS["python"] and preferences.STATUS["checked"]:
             layout.label(text=preferences.STATUS["python_error"], icon="INFO")

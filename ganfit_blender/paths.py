@@ -7,6 +7,7 @@ repository root's ``engine/`` one level above this package.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tempfile
@@ -49,25 +50,76 @@ def results_base(blend_filepath: str) -> Path:
     return Path(tempfile.gettempdir()) / "ganfit"
 
 
-def new_result_dir(base: Path, photo: str) -> Path:
-    """A result folder path under ``base`` that does not exist yet (the engine creates it).
+ENGINE_PREVIEW_PREFIX = "ganfit-preview-"  # the engine's temp folder of preview PNGs
+JOB_TMP_PREFIX = "ganfit-job-"  # the extension's per-job temp folder (the engine's TMPDIR)
 
-    The name carries the photo's stem and a timestamp so that runs never collide and sort by time.
+
+def temp_env(folder: Path) -> dict[str, str]:
+    """Environment variables that make ``folder`` the child's temp folder (tempfile honours
+    TMPDIR, TEMP and TMP, in that order, on every platform)."""
+    return {"TMPDIR": str(folder), "TEMP": str(folder), "TMP": str(folder)}
+
+
+def new_result_dir(base: Path, photo: str) -> Path:
+    """A result folder path under ``base`` that no other job has (the engine creates the folder).
+
+    The name carries the photo's stem and a timestamp so that runs sort by time. The engine
+    creates the folder only at the very end, so a free name is *reserved* now by creating its
+    log file (``.logs/<name>.stderr.log``) exclusively: two fits started at once, in this Blender
+    or another, get distinct folders.
+
+    Raises:
+        OSError: ``base`` cannot be written.
     """
     stem = _safe_stem(photo)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    logs = base / ".logs"
+    logs.mkdir(parents=True, exist_ok=True)
     for n in range(1000):
         suffix = "" if n == 0 else f"-{n}"
         candidate = base / f"{stem}-{stamp}{suffix}"
-        # The engine writes to a temporary sibling then renames; avoid both names being taken.
-        if not candidate.exists():
-            return candidate
+        if candidate.exists() or any(engine_tmp_siblings(candidate)):
+            continue
+        try:
+            with open(logs / f"{candidate.name}.stderr.log", "x", encoding="utf-8"):
+                pass
+        except FileExistsError:
+            continue  # reserved by another job
+        return candidate
     raise FileExistsError(f"Could not find a free result folder name under {base}")
+
+
+def engine_tmp_siblings(result_dir: Path) -> list[Path]:
+    """The engine's work folders for ``result_dir`` (``.<name>.tmp-*`` next to it)."""
+    parent = result_dir.parent
+    if not parent.is_dir():
+        return []
+    return [p for p in parent.glob(f".{glob.escape(result_dir.name)}.tmp-*") if p.is_dir()]
+
+
+def remove_preview_dir(folder: Path) -> bool:
+    """Remove an engine's ``ganfit-preview-*`` folder if it holds only preview PNGs (the engine
+    writes ``preview_<step>.png`` there); anything else in it is left alone. Returns True if it
+    is gone."""
+    if not folder.name.startswith(ENGINE_PREVIEW_PREFIX) or folder.is_symlink():
+        return False
+    try:
+        entries = list(folder.iterdir())
+        if any(not (e.is_file() and e.name.startswith("preview_") and e.suffix == ".png")
+               for e in entries):
+            return False
+        for e in entries:
+            e.unlink()
+        folder.rmdir()
+    except OSError:
+        return not folder.exists()
+    return True
 
 
 def log_path_for(result_dir: Path) -> Path:
     """Where the client sends the engine's stderr: a hidden file next to (not inside) the result
-    folder, because the engine creates the result folder itself, atomically, at the very end."""
+    folder, because the engine creates the result folder itself, atomically, at the very end.
+    (``new_result_dir`` has created it already, to reserve the name.)"""
     logs = result_dir.parent / ".logs"
     logs.mkdir(parents=True, exist_ok=True)
     return logs / f"{result_dir.name}.stderr.log"

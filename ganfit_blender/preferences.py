@@ -15,7 +15,7 @@ from typing import Any
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import client, paths
+from . import client, contract, paths
 
 ADDON_ID = __package__
 
@@ -24,11 +24,7 @@ DEVICE_ITEMS = (
     ("cpu", "CPU", "Always run on the CPU"),
     ("cuda", "CUDA", "An NVIDIA GPU (needs a CUDA build of torch in the engine Python)"),
 )
-DEFAULT_PRESET_ITEMS = (
-    ("fast", "Fast", "Quick look"),
-    ("balanced", "Balanced", "Good quality in a few minutes on a CPU"),
-    ("best", "Best", "Most steps and the largest texture"),
-)
+DEFAULT_PRESET_ITEMS = tuple((p.name, p.label, p.description) for p in contract.PRESETS)
 RESULT_LOCATION_ITEMS = (
     ("AUTO", "Next to .blend", "A 'ganfit' folder next to the saved .blend, else the temp folder"),
     ("CUSTOM", "Custom Folder", "Always write results under the folder below"),
@@ -154,7 +150,7 @@ class GANFIT_AP_preferences(bpy.types.AddonPreferences):
         name="Texture Generator", subtype="FILE_PATH",
         description="Optional: a texture generator checkpoint (.pt). Empty: per-texel albedo")
     default_preset: EnumProperty(name="Default Preset", items=DEFAULT_PRESET_ITEMS,
-                                 default="balanced")
+                                 default=contract.DEFAULT_PRESET)
     result_location: EnumProperty(name="Results", items=RESULT_LOCATION_ITEMS, default="AUTO")
     result_dir: StringProperty(name="Result Folder", subtype="DIR_PATH",
                                description="Where result folders go when Results is Custom")

@@ -6,12 +6,13 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
+from . import contract
+
+# The engine's presets and their descriptions come from the contract (engine/contract.py).
+ENGINE_PRESET_ITEMS = tuple((p.name, p.label, p.description) for p in contract.PRESETS)
 PRESET_ITEMS = (
     ("DEFAULT", "Default", "The default preset set in the add-on preferences"),
-    ("fast", "Fast", "Quick look: fewer steps, smaller texture"),
-    ("balanced", "Balanced", "Good quality in a few minutes on a CPU"),
-    ("best", "Best", "Most steps and the largest texture (slow without a GPU)"),
-)
+) + ENGINE_PRESET_ITEMS
 
 TEXTURE_RES_ITEMS = (
     ("PRESET", "From Preset", "Use the preset's texture size"),
@@ -58,6 +59,8 @@ class GANFIT_PG_runtime(bpy.types.PropertyGroup):
     message: StringProperty(name="Message")
     last_summary: StringProperty(name="Last Summary")
     last_error: StringProperty(name="Last Error")
+    last_warnings: StringProperty(name="Last Warnings",
+                                  description="Warnings of the last import, one a line")
     last_result: StringProperty(name="Last Result", subtype="DIR_PATH")
     preview_image: StringProperty(name="Preview Image",
                                   description="Name of the image that shows the latest overlay")

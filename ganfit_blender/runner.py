@@ -9,6 +9,7 @@ runs).
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import client as client_mod
-from . import paths
+from . import command, contract, paths
 
 POLL_INTERVAL_S = 0.1
 PREVIEW_IMAGE = ".ganfit_preview"
@@ -47,6 +48,13 @@ class Job:
     preview_path: str = ""
     started: float = field(default_factory=time.monotonic)
     returncode: int | None = None
+    python: str = ""
+    # What this job's engine creates outside the result folder, for clean-up after a crash:
+    # the temp folders it named (hello's work_dir/preview_dir, the folder of its previews), and
+    # the ``.<name>.tmp-*`` siblings that existed before it started (never ours to remove).
+    engine_dirs: set[str] = field(default_factory=set)
+    tmp_before: frozenset[str] = frozenset()
+    temp_dir: Path | None = None  # the engine's TMPDIR, made for this job, removed at its end
 
     @property
     def finished(self) -> bool:
@@ -64,6 +72,8 @@ class Job:
             return ""
         msg = str(self.error.get("msg") or "The engine failed.")
         code = self.error.get("code")
+        if code == "output" and not self.error.get("synthetic"):
+            msg = f"{msg} In Blender: choose another Result Folder (fit options or preferences)."
         if code and code not in ("cancelled",) and not self.error.get("synthetic"):
             msg = f"{msg} [{code}]"
         return msg
@@ -74,28 +84,28 @@ _jobs: list[Job] = []
 
 def build_command(python: str, photo: str, result_dir: Path, *, preset: str, device: str,
                   texture_res: int | None = None, neutral: bool = False,
-                  max_steps: int | None = None, extra_args: Sequence[str] = ()) -> list[str]:
-    """The engine's ``fit`` command line (``docs/protocol.md``)."""
-    argv = [python, "-m", "engine", "fit", str(photo), "-o", str(result_dir), "--json-progress",
-            "--preset", preset, "--device", device]
-    if texture_res:
-        argv += ["--texture-res", str(int(texture_res))]
-    if neutral:
-        argv.append("--neutral")
-    if max_steps:
-        argv += ["--max-steps", str(int(max_steps))]
-    argv += list(extra_args)
-    return argv
+                  max_steps: int | None = None, overwrite: bool = False,
+                  extra_args: Sequence[str] = ()) -> list[str]:
+    """The engine's ``fit`` command line (``command.fit_command``)."""
+    return command.fit_command(python, photo, result_dir, preset=preset, device=device,
+                               texture_res=texture_res, neutral=neutral, max_steps=max_steps,
+                               overwrite=overwrite, extra_args=extra_args)
 
 
 def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balanced",
               device: str = "auto", texture_res: int | None = None, neutral: bool = False,
-              max_steps: int | None = None, extra_args: Sequence[str] = (),
+              max_steps: int | None = None, overwrite: bool = False,
+              extra_args: Sequence[str] = (),
               extra_env: dict[str, str] | None = None) -> Job:
     """Start one engine fit in a subprocess and track it.
 
+    Args:
+        overwrite: replace ``result_dir`` if it is a result folder the engine wrote; any other
+            existing folder is refused here, before the engine runs.
+
     Raises:
-        FitStartError: no engine, bad photo path, or the interpreter cannot be started.
+        FitStartError: no engine, bad photo path, an output folder that is not ours to replace,
+            another running job writing the same folder, or the interpreter cannot be started.
     """
     if not python:
         raise FitStartError("No engine Python set")
@@ -108,26 +118,67 @@ def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balan
     if root is None:
         raise FitStartError("The engine is missing from the extension; reinstall it")
     result_dir = Path(result_dir)
+    check_output_dir(result_dir, photo, overwrite)
+    for other in _jobs:
+        if not other.finished and other.result_dir.resolve() == result_dir.resolve():
+            raise FitStartError(f"Another fit is already writing {result_dir}: wait for it or "
+                                "choose another Result Folder")
     try:
         result_dir.parent.mkdir(parents=True, exist_ok=True)
         log_path = paths.log_path_for(result_dir)
+        tmp_before = frozenset(p.name for p in paths.engine_tmp_siblings(result_dir))
     except OSError as exc:
         raise FitStartError(f"Cannot write results under {result_dir.parent}: {exc}") from exc
     argv = build_command(python, photo, result_dir, preset=preset, device=device,
                          texture_res=texture_res, neutral=neutral, max_steps=max_steps,
-                         extra_args=extra_args)
-    cl = client_mod.EngineClient(argv, cwd=root, env=paths.engine_env(root, extra_env),
-                                 log_path=log_path)
+                         overwrite=overwrite and result_dir.exists(), extra_args=extra_args)
+    # A temp folder of this job's own: whatever the engine puts in the temp folder (its
+    # ganfit-preview-* folder, library scratch files) is removed with it when the job ends, even
+    # after a SIGKILL, and nothing of another job or program is touched.
+    try:
+        job_tmp = Path(tempfile.mkdtemp(prefix=paths.JOB_TMP_PREFIX))
+    except OSError as exc:
+        raise FitStartError(f"Cannot create a temporary folder: {exc}") from exc
+    env = paths.engine_env(root, {**paths.temp_env(job_tmp), **(extra_env or {})})
+    cl = client_mod.EngineClient(argv, cwd=root, env=env, log_path=log_path)
     try:
         cl.start()
     except OSError as exc:
+        shutil.rmtree(job_tmp, ignore_errors=True)
         raise FitStartError(f"Could not start the engine with {python}: {exc}") from exc
     job = Job(client=cl, photo=str(photo), result_dir=result_dir, argv=argv,
-              message="Starting the engine")
+              message="Starting the engine", python=str(python), tmp_before=tmp_before,
+              temp_dir=job_tmp)
     _jobs.append(job)
     _ensure_timer()
     _sync_wm(job)
     return job
+
+
+def check_output_dir(result_dir: Path, photo: str, overwrite: bool) -> None:
+    """Refuse, before the engine runs, an output folder the fit must not write: one that exists
+    and is not a result folder the engine wrote (whatever ``overwrite`` says), one that holds the
+    photo, and an existing result folder without ``overwrite``.
+
+    Raises:
+        FitStartError: with what to do.
+    """
+    if not (result_dir.exists() or result_dir.is_symlink()):
+        return
+    try:
+        holds_photo = Path(photo).resolve().is_relative_to(result_dir.resolve())
+    except (OSError, RuntimeError):  # a looping symlink
+        holds_photo = True
+    if holds_photo:
+        raise FitStartError(f"{result_dir} holds the photo itself: choose another Result Folder "
+                            "(a fit never writes over its own input)")
+    if not contract.is_result_folder(result_dir):
+        raise FitStartError(f"{result_dir} already exists and is not a GANFit result folder: "
+                            "choose another Result Folder (the add-on never replaces other "
+                            "folders)")
+    if not overwrite:
+        raise FitStartError(f"The result folder {result_dir} already exists: choose another "
+                            "Result Folder or turn on Overwrite to replace that result")
 
 
 def active_job() -> Job | None:
@@ -161,6 +212,9 @@ def _apply(job: Job, msg: dict[str, Any]) -> None:
     kind = msg.get("type")
     if kind == "hello":
         job.hello = msg
+        for key in ("work_dir", "preview_dir"):
+            if isinstance(msg.get(key), str) and msg[key]:
+                job.engine_dirs.add(msg[key])
         job.message = f"Engine {msg.get('engine', '?')} on {msg.get('device', '?')}"
     elif kind == "stage":
         job.stage = str(msg.get("name", ""))
@@ -181,6 +235,8 @@ def _apply(job: Job, msg: dict[str, Any]) -> None:
         if step is not None and total:
             job.message = f"{job.stage}: step {step}/{total}"
     elif kind == "preview":
+        if isinstance(msg.get("path"), str) and msg["path"]:
+            job.engine_dirs.add(str(Path(msg["path"]).parent))
         _load_preview(job, msg.get("path"))
     elif kind == "result":
         job.result = msg
@@ -188,6 +244,8 @@ def _apply(job: Job, msg: dict[str, Any]) -> None:
         job.error = msg
     elif kind == "exit":
         job.returncode = msg.get("returncode")
+        if job.temp_dir is not None:  # the child is gone: its temp files are garbage now
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
         terminal = job.client.terminal or {}
         if terminal.get("type") == "result" and job.returncode == 0:
             job.state, job.error = "done", None
@@ -198,21 +256,35 @@ def _apply(job: Job, msg: dict[str, Any]) -> None:
             job.error = terminal if terminal.get("type") == "error" else job.error
             if job.error is None:
                 job.error = {"type": "error", "code": "internal", "msg": "The engine failed."}
+            env_error = client_mod.environment_error(job.error, job.python or job.argv[0],
+                                                     job.client.log_path)
+            if env_error is not None:
+                job.error = env_error
             cancelled = job.error.get("code") == "cancelled" or job.client.cancel_requested
             job.state = "cancelled" if cancelled else "failed"
             job.message = "Cancelled" if cancelled else "Failed"
-            _remove_partial_output(job.result_dir)
+            _remove_partial_output(job)
 
 
-def _remove_partial_output(result_dir: Path) -> None:
-    """After a failed run the child is gone; a killed engine could not remove its temporary
-    sibling folder (``.<name>.tmp-*``, where it writes before renaming into place)."""
+def _remove_partial_output(job: Job) -> None:
+    """After a failed run the child is gone; a killed engine could not remove what it made
+    outside the result folder. Remove only what this job's engine made: the ``.<name>.tmp-*``
+    siblings that were not there when the job started (the name is reserved for this job,
+    ``paths.new_result_dir``) or that it named in ``hello``, and the ``ganfit-preview-*`` folder
+    it named (``hello`` or its ``preview`` paths), with only the preview PNGs in it."""
+    named = {Path(d) for d in job.engine_dirs}
     try:
-        for tmp in result_dir.parent.glob(f".{result_dir.name}.tmp-*"):
-            if tmp.is_dir():
+        for tmp in paths.engine_tmp_siblings(job.result_dir):
+            if tmp.name not in job.tmp_before or tmp in named:
                 shutil.rmtree(tmp, ignore_errors=True)
     except OSError:
         pass  # best effort: a leftover temp folder is harmless
+    for folder in named:
+        if folder.name.startswith(paths.ENGINE_PREVIEW_PREFIX):
+            paths.remove_preview_dir(folder)
+        elif folder.name.startswith(f".{job.result_dir.name}.tmp-") \
+                and folder.parent == job.result_dir.parent:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _load_preview(job: Job, src: Any) -> None:
@@ -263,6 +335,7 @@ def _sync_wm(job: Job | None) -> None:
             rt.last_error = job.error_message()
     else:
         rt.last_error = ""
+        rt.last_warnings = ""
 
 
 def format_summary(summary: dict[str, Any]) -> str:

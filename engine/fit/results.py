@@ -31,7 +31,7 @@ def write_obj(path: Path, verts: np.ndarray, uvs: np.ndarray, polys: np.ndarray,
     lines.append("\n".join("v %.6f %.6f %.6f" % tuple(v) for v in verts))
     lines.append("\n".join("vt %.6f %.6f" % tuple(t) for t in uvs))
     if mtl_name:
-        lines.append(f"usemtl {mtl_name}")
+        lines.append(f"usemtl {MATERIAL}")  # the material face.mtl defines, not the file's name
     lines.append("s 1")
     face_lines = []
     pv = polys + 1

@@ -1,7 +1,11 @@
 """Source of a stand-in ``engine`` package for the add-on's operator plumbing tests.
 
 It speaks the protocol and copies a prepared result folder; it is not a fit. Modes (env
-FAKE_MODE): ok, no_face, crash, slow (runs until cancelled).
+FAKE_MODE): ok, no_face, crash, slow (runs until cancelled), exit:N (exit N with no message),
+die_early (SIGKILL right after making its preview folder), die (leave a preview folder and a ``.<name>.tmp-*`` work folder, then SIGKILL itself),
+no_module (an engine Python without torch: ModuleNotFoundError on stderr, exit 1),
+no_module_msg (the same reported as an ``internal`` protocol error), output (an ``output`` error,
+exit 6), warn (a result whose result.json and ``result`` message carry ``warnings``).
 """
 
 MAIN = r'''
@@ -29,6 +33,36 @@ send(type="stage", name="load", index=0, count=5)
 if mode == "no_face":
     send(type="error", code="no_face", exit_code=4, msg="No face found in the photo: use a photo with one clearly visible face.")
     sys.exit(4)
+if mode.startswith("exit:"):
+    sys.exit(int(mode[5:]))
+if mode == "no_module":
+    print("Traceback (most recent call last):\n  File \"engine/fit/run.py\", line 3\n"
+          "ModuleNotFoundError: No module named 'torch'", file=sys.stderr, flush=True)
+    sys.exit(1)
+if mode == "no_module_msg":
+    send(type="error", code="internal", exit_code=1,
+         msg="Internal error: ModuleNotFoundError: No module named 'numpy'. Please report it with the engine log.",
+         detail="Traceback ...\nModuleNotFoundError: No module named 'numpy'")
+    sys.exit(1)
+if mode == "output":
+    send(type="error", code="output", exit_code=6,
+         msg="The output folder already exists: " + out + ". Choose another folder or pass --overwrite to replace it.")
+    sys.exit(6)
+if mode == "die_early":  # killed after making its temp folder, before any preview names it
+    import signal, tempfile
+    prev = tempfile.mkdtemp(prefix="ganfit-preview-")
+    with open(os.environ["FAKE_ARGV_LOG"] + ".tmp", "w") as fh:
+        fh.write(prev)
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode == "die":
+    import signal, tempfile
+    work = tempfile.mkdtemp(prefix="." + os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))
+    open(os.path.join(work, "engine.log"), "w").write("fitting")
+    prev = tempfile.mkdtemp(prefix="ganfit-preview-")
+    shutil.copyfile(os.path.join(os.environ["FAKE_RESULT"], "albedo.png"), os.path.join(prev, "preview_0000.png"))
+    send(type="preview", path=os.path.join(prev, "preview_0000.png"), step=0)
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGKILL)
 if mode == "crash":
     print("Traceback (most recent call last): boom", file=sys.stderr, flush=True)
     os._exit(1)
@@ -43,9 +77,17 @@ for i in range(n):
     send(type="progress", stage="fine", step=i, total=n, fraction=i / n, eta=(n - i) * 0.05,
          losses={"photo": 0.1}, elapsed=0.1)
     time.sleep(0.05 if mode == "slow" else 0.0)
+if "--overwrite" in argv and os.path.isfile(os.path.join(out, "result.json")):
+    shutil.rmtree(out)
 shutil.copytree(os.environ["FAKE_RESULT"], out)
+extra = {}
+if mode == "warn":
+    meta = json.load(open(out + "/result.json"))
+    meta["warnings"] = ["The face is small (52 px): the fit and texture will be coarse."]
+    json.dump(meta, open(out + "/result.json", "w"))
+    extra["warnings"] = meta["warnings"]
 send(type="result", dir=out, result_json=out + "/result.json",
-     summary={"total_s": 0.2, "landmark_error_iod": 0.02, "identity_cosine": 0.7})
+     summary={"total_s": 0.2, "landmark_error_iod": 0.02, "identity_cosine": 0.7}, **extra)
 '''
 
 

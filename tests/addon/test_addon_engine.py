@@ -192,3 +192,50 @@ def test_check_engine_real():
     assert bpy.ops.ganfit.check_engine() == {"FINISHED"}
     info = importlib.import_module(f"{ADDON}.preferences").STATUS["check"]
     assert "torch" in info
+
+
+def test_obj_reader_other_than_ours_gets_the_texture():
+    """Blender's own OBJ importer (a third-party reader for our files) on a real result folder:
+    face.obj's ``usemtl`` names face.mtl's material, so it arrives with albedo.png."""
+    folder = _result_dir()
+    contract = importlib.import_module(f"{ADDON}.contract")
+    before = set(bpy.data.objects)
+    assert bpy.ops.wm.obj_import(filepath=str(folder / "face.obj")) == {"FINISHED"}
+    new = [o for o in bpy.data.objects if o not in before and o.type == "MESH"]
+    assert len(new) == 1
+    mats = [m for m in new[0].data.materials if m is not None]
+    assert [m.name for m in mats] == [contract.OBJ_MATERIAL]
+    images = [n.image for n in mats[0].node_tree.nodes if n.type == "TEX_IMAGE" and n.image]
+    assert images and Path(bpy.path.abspath(images[0].filepath)).name == "albedo.png"
+    assert tuple(images[0].size) == tuple(np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).open(folder / "albedo.png").size))
+
+
+def test_real_result_matches_the_documented_schema():
+    """The same check the fake result folder passes (fake_result.check_documented_schema), on a
+    folder the real engine wrote: the fake cannot drift from the engine without one failing."""
+    from fake_result import check_documented_schema
+    check_documented_schema(_result_dir())
+
+
+def test_engine_python_without_numpy_or_torch(tmp_path):
+    """The real engine under a bare venv (no numpy, no torch): the user is told the engine
+    environment is incomplete and how to repair it, not 'internal error'."""
+    import subprocess
+    import sys
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    bare = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    proc = subprocess.run([str(bare), "-c", "import numpy"], capture_output=True)
+    assert proc.returncode != 0, "the bare venv must lack numpy"
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.engine_python = str(bare)
+    out = tmp_path / "out" / "r"
+    with pytest.raises(RuntimeError) as info:
+        _fit(output_dir=str(out))
+    msg = str(info.value)
+    assert "engine environment is incomplete" in msg and str(bare) in msg, msg
+    assert "'numpy'" in msg or "'torch'" in msg
+    assert "Install Engine Environment" in msg and "Internal error" not in msg
+    _assert_clean_failure(out.parent, _runner().jobs()[-1].pid)

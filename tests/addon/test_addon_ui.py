@@ -124,3 +124,27 @@ def test_preferences_draw_states():
             prefs_mod.STATUS.clear()
             prefs_mod.STATUS.update(saved)
         assert ("operator", "ganfit.check_engine") in log
+
+
+def test_panel_shows_the_last_imports_warnings():
+    rt = bpy.context.window_manager.ganfit
+    rt.last_summary = "2.0 s"
+    rt.last_warnings = "The face is small.\nalbedo.png is missing: imported without its texture."
+    log = _draw_panel()
+    assert ("label", "The face is small.") in log
+    assert ("label", "albedo.png is missing: imported without its texture.") in log
+    rt.last_warnings = ""
+    assert not any(t == "label" and "small" in s for t, s in _draw_panel())
+
+
+def test_preset_menus_show_the_contracts_descriptions():
+    contract = importlib.import_module(f"{ADDON}.contract")
+    want = [(p.name, p.label, p.description) for p in contract.PRESETS]
+    scene_items = bpy.types.Scene.bl_rna.properties["ganfit"].fixed_type.bl_rna \
+        .properties["preset"].enum_items
+    got = [(i.identifier, i.name, i.description) for i in scene_items if i.identifier != "DEFAULT"]
+    assert got == want
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    pref_items = prefs.bl_rna.properties["default_preset"].enum_items
+    assert [(i.identifier, i.name, i.description) for i in pref_items] == want
+    assert prefs.default_preset == contract.DEFAULT_PRESET
