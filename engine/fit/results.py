@@ -13,12 +13,12 @@ from PIL import Image
 
 from .. import __version__
 from ..camera import rotation_matrix, world_to_camera_matrix
-from ..io.output import RESULT_SCHEMA
+from ..contract import OBJ_MATERIAL as MATERIAL
+from ..contract import RESULT_SCHEMA
 from ..models.facemodel import FaceModel
 from .fitter import FitOutput, linear_to_srgb, render_full
 
 SCHEMA = RESULT_SCHEMA  # engine/io/output.py checks it before --overwrite replaces a folder
-MATERIAL = "ganfit_face"
 
 
 def write_obj(path: Path, verts: np.ndarray, uvs: np.ndarray, polys: np.ndarray, poly_uvs: np.ndarray,

@@ -29,9 +29,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..contract import RESULT_SCHEMA
 from ..errors import BadInputError, OutputError
 
-RESULT_SCHEMA = 1
 MARKER = ".ganfit-result"
 # Files every result folder may hold besides those its result.json lists under "files".
 _ALWAYS = ("result.json", MARKER, "engine.log")
