@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-if importlib.util.find_spec("bpy") is None:  # find_spec does not import bpy
+if importlib.util.find_spec("bpy") is None:  # find_spec does not import bpy; CI then fails
+    # tests/test_suite_requirements.py, and pytest's header says the add-on tests are left out
     collect_ignore_glob = ["test_*.py"]
 else:
     # addon_testlib points Blender's user folders at a temp folder, then imports bpy.

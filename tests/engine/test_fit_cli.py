@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 
 from engine.protocol import decode
+from shared_data import require_shared
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("GANFIT_SHARED", REPO.parent / "shared"))
 PHOTO = SHARED / "photos" / "codait_luciano.png"
 
-needs_photo = pytest.mark.skipif(not PHOTO.is_file(), reason=f"shared photo missing: {PHOTO} (set GANFIT_SHARED)")
+needs_photo = pytest.mark.needs_shared("photos", PHOTO.name)  # skipped if missing; fails under CI
 
 
 def engine_cmd(*args: str) -> list[str]:
@@ -44,8 +45,7 @@ def messages(stdout: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    if not PHOTO.is_file():
-        pytest.skip(f"shared photo missing: {PHOTO}")
+    require_shared("photos", PHOTO.name)
     out = tmp_path_factory.mktemp("fit") / "résultat ü"  # unicode output path
     p = run_engine("fit", str(PHOTO), "-o", str(out), "--preset", "fast", "--max-steps", "3",
                    "--json-progress", "--report", "--texture-res", "256")
