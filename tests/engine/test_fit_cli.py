@@ -204,7 +204,13 @@ def test_cancel_is_prompt_and_leaves_nothing(tmp_path, how):
     assert proc.returncode == 130
     msgs = messages("".join(lines) + rest)
     assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "cancelled"
-    assert elapsed < 3.0  # within a second of the step in flight; generous for loaded CI machines
+    # Behaviour, not wall-clock (the time is printed): the fit stopped in the fine stage, well
+    # before its last step, instead of running to the end.
+    print(f"cancel by {how}: exit after {elapsed:.2f} s")
+    fine = [m for m in msgs if m["type"] == "progress" and m["stage"] == "fine"]
+    assert fine and max(m["step"] for m in fine) < fine[-1]["total"] // 2
+    assert not [m for m in msgs if m["type"] == "result"
+                or (m["type"] == "stage" and m["name"] == "albedo")]
     assert not out.exists() and not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
 
 
