@@ -16,18 +16,27 @@ import os
 
 import pytest
 
-from shared_data import in_ci, require_shared
+from shared_data import in_ci, require_shared, unavailable
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "needs_shared(*parts): needs ../shared/<parts> (skipped if missing; fails "
         "under CI)")
+    config.addinivalue_line(
+        "markers", "needs_torch: runs the real engine (torch) with this interpreter (skipped "
+        "where GANFIT_TORCH_OPTIONAL=1 and torch is missing; otherwise fails under CI)")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("needs_shared"):
         require_shared(*mark.args)
+    if item.get_closest_marker("needs_torch") and importlib.util.find_spec("torch") is None:
+        reason = "runs the engine, which needs torch: not installed in this venv"
+        if _torch_optional():
+            _LEFT_OUT_TESTS.append(item.nodeid)
+            pytest.skip(reason + " (GANFIT_TORCH_OPTIONAL=1)")
+        unavailable(reason)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -44,7 +53,8 @@ def _torch_optional() -> bool:
     return os.environ.get("GANFIT_TORCH_OPTIONAL") == "1" and importlib.util.find_spec("torch") is None
 
 
-_LEFT_OUT: list[str] = []
+_LEFT_OUT: list[str] = []  # test modules not collected (they import torch)
+_LEFT_OUT_TESTS: list[str] = []  # tests skipped because they run the engine
 
 
 @pytest.hookimpl(wrapper=True)
@@ -64,6 +74,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         terminalreporter.write_line(
             f"torch is not installed: {len(_LEFT_OUT)} test modules were left out "
             f"(GANFIT_TORCH_OPTIONAL=1): {' '.join(_LEFT_OUT)}", yellow=True, bold=True)
+    if _LEFT_OUT_TESTS:
+        terminalreporter.write_line(
+            f"torch is not installed: {len(_LEFT_OUT_TESTS)} tests that run the engine were "
+            f"skipped (GANFIT_TORCH_OPTIONAL=1)", yellow=True, bold=True)
     if importlib.util.find_spec("bpy") is None:
         terminalreporter.write_line("bpy is not installed: tests/addon was not collected",
                                     red=True, bold=True)

@@ -22,6 +22,7 @@ SHARED = Path(os.environ.get("GANFIT_SHARED", REPO.parent / "shared"))
 PHOTO = SHARED / "photos" / "codait_luciano.png"
 
 needs_photo = pytest.mark.needs_shared("photos", PHOTO.name)  # skipped if missing; fails under CI
+pytestmark = pytest.mark.needs_torch  # every test here runs `python -m engine`
 
 
 def engine_cmd(*args: str) -> list[str]:

@@ -227,6 +227,7 @@ def test_install_zip_into_blender(built_zip, tmp_path):
         pytest.skip("the add-on's preferences have no engine_python property yet")
 
 
+@pytest.mark.needs_torch
 def test_fit_through_installed_extension(built_zip, tmp_path):
     reason = _fit_unavailable()
     if reason:
