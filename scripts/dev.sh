@@ -7,6 +7,9 @@
 #   bash scripts/dev.sh test      set up, run the whole test suite on 3.11, then on 3.13
 #   bash scripts/dev.sh test311   only the 3.11 run        bash scripts/dev.sh test313   only the 3.13 run
 #   bash scripts/dev.sh setup     only set up (both venvs)
+#   bash scripts/dev.sh blas-matrix   the BLAS/thread-sensitive tests (numerics, the correspondence
+#                                     asset, fitting units) with OPENBLAS_CORETYPE=$BLAS_CORETYPE
+#                                     (default Haswell) and unset, x 1 and 2 threads, on 3.11
 # Extra arguments after test/test311/test313 go to pytest.
 #
 # Environment:
@@ -24,7 +27,7 @@ log() { echo "[dev] $*" >&2; }
 in_ci() { case "${CI:-}" in ""|0|false|no) return 1 ;; *) return 0 ;; esac; }
 
 stamp() {  # what the installed set depends on
-    cat pyproject.toml engine/requirements.txt scripts/dev.sh | sha256sum | cut -c1-16
+    cat pyproject.toml engine/requirements.txt | sha256sum | cut -c1-16
 }
 
 # The test extras of pyproject.toml, one requirement a line (markers included).
@@ -155,9 +158,27 @@ case "$cmd" in
         setup313 || { log "no Python 3.13: nothing to run"; exit 1; }
         run_suite .venv313/bin/python "py3.13" "$@"
         ;;
+    blas-matrix)
+        # A developer's check, not CI's: CI keeps the machine's OPENBLAS_* settings as they are.
+        setup311
+        tests=(tests/engine/test_correspondence.py tests/engine/test_camera.py
+               tests/engine/test_align.py tests/engine/test_fit_units.py
+               tests/engine/test_facemodel.py tests/engine/test_render.py
+               tests/engine/test_landmarks.py tests/engine/test_recognizer.py)
+        rc=0
+        for core in "${BLAS_CORETYPE:-Haswell}" ""; do
+            for th in 1 2; do
+                if [ -n "$core" ]; then blas=(env OPENBLAS_CORETYPE="$core"); else blas=(env -u OPENBLAS_CORETYPE); fi
+                log "OPENBLAS_CORETYPE=${core:-(unset)} OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=$th"
+                "${blas[@]}" OMP_NUM_THREADS=$th OPENBLAS_NUM_THREADS=$th \
+                    .venv/bin/python -m pytest -q -p no:cacheprovider "${tests[@]}" "$@" || rc=1
+            done
+        done
+        exit $rc
+        ;;
     demo)
         setup311
         .venv/bin/python scripts/demo.py "$@"
         ;;
-    *) echo "usage: bash scripts/dev.sh {demo|test|test311|test313|setup} [pytest args]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/dev.sh {demo|test|test311|test313|setup|blas-matrix} [pytest args]" >&2; exit 2 ;;
 esac
