@@ -23,7 +23,9 @@ VENV = REPO / ".venv313"
 
 
 def _python313() -> str | None:
-    cands = [*sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python"))), shutil.which("python3.13")]
+    # as scripts/dev.sh looks: $PYTHON313, python3.13 on PATH, pyenv's 3.13
+    cands = [os.environ.get("PYTHON313"), shutil.which("python3.13"),
+             *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python")))]
     for c in cands:
         if c and os.access(c, os.X_OK):
             ok = subprocess.run([c, "-c", "import sys, venv; assert sys.version_info[:2] == (3, 13)"],
