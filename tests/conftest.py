@@ -28,7 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "where GANFIT_TORCH_OPTIONAL=1 and torch is missing; otherwise fails under CI)")
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
+@pytest.hookimpl(tryfirst=True)  # before skip marks: a test parametrized over the shared photos
+def pytest_runtest_setup(item: pytest.Item) -> None:  # has an empty parameter set without them
     for mark in item.iter_markers("needs_shared"):
         require_shared(*mark.args)
     if item.get_closest_marker("needs_torch") and importlib.util.find_spec("torch") is None:
