@@ -18,6 +18,12 @@ check the base Python (3.11-3.13 with venv + ensurepip) -> create the venv -> up
 ``torch==2.13.0`` (CPU index by default for 'cpu') -> ``engine/requirements.txt`` ->
 optional ``diffrp-nvdiffrast`` -> ``python -m engine check --json`` (smoke test) -> marker.
 
+Which torch build arrives depends on the index, not on the variant's name: PyPI's Linux x86_64
+torch is the multi-GB CUDA build. A 'cpu' install without a torch index there (``pypi``, or
+pip's own configuration) is warned about, its disk check is sized for the CUDA build, and the
+marker records the build that was really installed (``variant``, ``torch_build``,
+``torch_cuda``), read from the installed torch, next to ``requested_variant``.
+
 Environment variables (read when an Installer is created):
 
 ``GANFIT_TORCH_INDEX_URL``
@@ -35,9 +41,11 @@ import errno
 import hashlib
 import json
 import os
+import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -68,8 +76,58 @@ ENV_DIR_NAME = "engine-env"
 _TMP_INFIX = ".installing-"
 _OLD_INFIX = ".old-"
 
-# Rough disk needs (venv + pip cache + wheels being unpacked), checked before anything is written.
+# Rough disk needs (venv + pip cache + wheels being unpacked), checked before anything is written,
+# by the torch build that will arrive (see expected_torch_build), not by the variant's name.
 MIN_FREE_BYTES = {"cpu": 2 * 1024**3, "cuda": 8 * 1024**3}
+
+
+def pypi_torch_is_cuda(system: str | None = None, machine: str | None = None) -> bool:
+    """Whether PyPI's torch wheel for this platform is the CUDA build (Linux x86_64: yes,
+    several GB with its nvidia-* / cuda-* packages; Windows, macOS and Linux aarch64: CPU)."""
+    system = sys.platform if system is None else system
+    machine = (platform.machine() if machine is None else machine).lower()
+    return system.startswith("linux") and machine in ("x86_64", "amd64")
+
+
+def expected_torch_build(variant: str, torch_index_url: str | None,
+                         extra_pip_args: Sequence[str] = (), system: str | None = None,
+                         machine: str | None = None) -> str:
+    """'cpu' or 'cuda': the torch build an install will most likely get. 'cpu' from no torch
+    index (PyPI / pip's configuration) on a platform whose PyPI torch is the CUDA build gets
+    'cuda', unless pip is limited to local files (``--no-index``)."""
+    if variant == "cuda":
+        return "cuda"
+    if torch_index_url or "--no-index" in extra_pip_args:
+        return "cpu"
+    return "cuda" if pypi_torch_is_cuda(system, machine) else "cpu"
+
+
+CPU_FROM_PYPI_WARNING = (
+    "The CPU engine was asked for without a CPU torch index: on Linux the package index's (PyPI's) "
+    "torch is the CUDA build (several GB, about 8 GB of free disk space needed). For the ~200 MB "
+    "CPU build set the torch index to https://download.pytorch.org/whl/cpu "
+    "(GANFIT_TORCH_INDEX_URL).")
+
+# Run in the new venv after the torch step: which build it is, without importing torch (that
+# would initialise CUDA); its size on disk with the CUDA/nvidia packages pip put beside it.
+_TORCH_PROBE = r"""
+import importlib.metadata as md, importlib.util, json, os, runpy
+spec = importlib.util.find_spec("torch")
+root = os.path.dirname(spec.origin)
+info = {"version": md.version("torch"), "cuda": None}
+vf = os.path.join(root, "version.py")
+if os.path.isfile(vf):
+    info["cuda"] = runpy.run_path(vf).get("cuda")
+site = os.path.dirname(root)
+size = 0
+for name in os.listdir(site):
+    if name == "torch" or name.split("_")[0].split("-")[0] in ("nvidia", "cuda", "triton"):
+        for d, _, files in os.walk(os.path.join(site, name)):
+            size += sum(os.path.getsize(os.path.join(d, f)) for f in files
+                        if not os.path.islink(os.path.join(d, f)))
+info["bytes"] = size
+print(json.dumps(info))
+"""
 
 _LOG_TAIL_LINES = 40
 _CANCEL_GRACE_S = 5.0
@@ -318,8 +376,15 @@ class Installer:
         self.upgrade_pip = upgrade_pip
         self.smoke_test = smoke_test
         self.env_overrides = dict(env or {})
-        self.min_free_bytes = MIN_FREE_BYTES[variant] if min_free_bytes is None else min_free_bytes
+        self.expected_build = expected_torch_build(variant, torch_index_url, self.extra_pip_args)
+        self.min_free_bytes = (MIN_FREE_BYTES[self.expected_build] if min_free_bytes is None
+                               else min_free_bytes)
         self.allow_network = allow_network
+        # What the user should know though nothing failed (poll()['warnings'], the log).
+        self.warnings: list[str] = []
+        if variant == "cpu" and self.expected_build == "cuda":
+            self.warnings.append(CPU_FROM_PYPI_WARNING)
+        self.torch_info: dict[str, Any] | None = None  # the installed build (after the torch step)
 
         self._lock = threading.Lock()
         self._state = "idle"
@@ -351,10 +416,13 @@ class Installer:
         self._thread.start()
 
     def poll(self) -> dict[str, Any]:
-        """``{'state', 'fraction', 'step', 'message'}`` (plus ``'step_id'``); cheap, any thread.
+        """``{'state', 'fraction', 'step', 'message'}`` (plus ``'step_id'``, ``'warnings'``);
+        cheap, any thread.
 
         state: 'idle' | 'running' | 'done' | 'failed' | 'cancelled'; fraction in 0..1;
-        step: the current step's label; message: what is happening, or why it failed.
+        step: the current step's label; message: what is happening, or why it failed;
+        warnings: what the user should know though nothing failed (e.g. a CUDA torch arrived
+        for the 'cpu' variant).
         """
         with self._lock:
             return {
@@ -363,6 +431,7 @@ class Installer:
                 "step": self._step,
                 "message": self._message,
                 "step_id": self._step_id,
+                "warnings": list(self.warnings),
             }
 
     def cancel(self) -> None:
@@ -410,6 +479,8 @@ class Installer:
             return
         self._log_line(f"# ganfit engine environment install, {time.strftime('%Y-%m-%d %H:%M:%S')}")
         self._log_line(f"# env_dir={self.env_dir} variant={self.variant} engine={self.engine_dir}")
+        for w in self.warnings:
+            self._log_line(f"# WARNING: {w}")
         try:
             python = self._install()
         except _Cancelled:
@@ -437,8 +508,9 @@ class Installer:
             self._set(state="failed", message=f"Internal error during '{self._step}': {ex!r}. "
                                               f"Log: {self.log_path}")
         else:
+            note = f" ({' '.join(self.warnings)})" if self.warnings else ""
             self._set(state="done", fraction=1.0,
-                      message=f"The engine environment is ready: {python}")
+                      message=f"The engine environment is ready: {python}{note}")
         finally:
             self._proc = None
             if self._log is not None:
@@ -540,8 +612,10 @@ class Installer:
                     f"Not enough disk space in {self.env_dir.parent}: "
                     f"{free / 1024**3:.1f} GB free, "
                     f"the {self.variant.upper()} engine needs about "
-                    f"{self.min_free_bytes / 1024**3:.0f} GB. Free some space or pick another "
-                    f"engine folder.")
+                    f"{self.min_free_bytes / 1024**3:.0f} GB"
+                    + (" (the package index's torch for this platform is the CUDA build)"
+                       if self.expected_build != self.variant else "")
+                    + ". Free some space or pick another engine folder.")
         self._remove_stale_tmp()
 
     def _step_venv(self) -> None:
@@ -593,6 +667,37 @@ class Installer:
         if self.torch_index_url:
             args += ["--index-url", self.torch_index_url]
         self._pip(f"PyTorch {TORCH_VERSION} ({self.variant.upper()})", args)
+        self._probe_torch()
+
+    def _probe_torch(self) -> None:
+        """Read the installed torch's build (version string, CUDA version, size on disk)."""
+        py = venv_python_path(self._tmp_dir)
+        out_lines: list[str] = []
+        rc = self._run_cmd([str(py), "-c", _TORCH_PROBE], collect=out_lines)
+        info = None
+        for line in reversed(out_lines):
+            try:
+                info = json.loads(line)
+                break
+            except ValueError:
+                continue
+        if rc != 0 or not isinstance(info, dict):
+            raise InstallError(f"PyTorch was installed but its build could not be read (exit code "
+                               f"{rc}). Log: {self.log_path}")
+        cuda = info.get("cuda")
+        info["build"] = "cuda" if cuda or "+cu" in str(info.get("version")) else "cpu"
+        self.torch_info = info
+        gb = info.get("bytes", 0) / 1024**3
+        self._log_line(f"# torch installed: {info['version']} ({info['build']}"
+                       f"{', CUDA ' + str(cuda) if cuda else ''}), {gb:.1f} GB")
+        if self.variant == "cpu" and info["build"] == "cuda":
+            w = (f"The 'cpu' choice installed PyTorch's CUDA build {info['version']} "
+                 f"(CUDA {cuda}, {gb:.1f} GB) from the package index; it runs on the CPU too. "
+                 f"For the ~200 MB CPU build set the torch index to "
+                 f"https://download.pytorch.org/whl/cpu (GANFIT_TORCH_INDEX_URL) and reinstall.")
+            with self._lock:
+                self.warnings[:] = [x for x in self.warnings if x != CPU_FROM_PYPI_WARNING] + [w]
+            self._log_line(f"# WARNING: {w}")
 
     def _step_requirements(self) -> None:
         req = requirements_file(self.engine_dir)
@@ -645,7 +750,13 @@ class Installer:
             "format": MARKER_FORMAT,
             "requirements_hash": requirements_hash(self.engine_dir),
             "torch": TORCH_VERSION,
-            "variant": self.variant,
+            # The build that is really there (read from the installed torch), and what was asked.
+            "variant": (self.torch_info or {}).get("build", self.variant),
+            "requested_variant": self.variant,
+            "torch_build": (self.torch_info or {}).get("version"),
+            "torch_cuda": (self.torch_info or {}).get("cuda"),
+            "torch_bytes": (self.torch_info or {}).get("bytes"),
+            "warnings": list(self.warnings),
             "nvdiffrast": self.with_nvdiffrast,
             "base_python": str(self._base_exe),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -18,10 +18,15 @@ canonical mesh uses the same axes and units, which the eye corners confirm):
    rounds of closest-point-on-surface with the displacement smoothed over the canonical mesh
    edges (landmarks stay pinned), so that the warped mesh hugs the ICT surface without folding.
 4. Project each warped vertex to the closest point of the ICT fit triangles -> (triangle index
-   into ``fit_tris``, barycentrics).
+   into ``fit_tris``, barycentrics); ties (a point on a shared edge) go to the lowest index.
 
-Besides the 468 rows it stores the contour (face-oval) bookkeeping for ``slide_contour`` and the
-ICT iris-centre vertices for MediaPipe's iris points 468/473.
+Besides the 468 rows it stores which of them are the pose-dependent lower face oval
+(``contour_point_index``, weight 0: the fit matches the jaw with its point-to-jawline contour
+term instead) and the ICT iris-centre vertices for MediaPipe's iris points 468/473.
+
+Deterministic: a point on an edge or vertex shared by several triangles gets the lowest triangle
+index (``canonical_argmin``), so the asset does not depend on the BLAS kernel or thread count.
+``--check`` rebuilds and compares with the existing asset instead of writing it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ DEFAULT_ICT = REPO.parent / "shared" / "models" / "ict-facekit" / "ict_facekit.n
 DEFAULT_TASK = REPO / "engine" / "data" / "mediapipe" / "face_landmarker.task"
 DEFAULT_OUT = REPO / "engine" / "data" / "correspondence" / "mediapipe478_ict.npz"
 GEOMETRY_ENTRY = "geometry_pipeline_metadata_landmarks.binarypb"
+
+TIE_TOL_CM = 1e-6
+"""Two candidate triangles whose closest points (and distances) agree to 10 nm (1e-6 cm) hold
+the same surface point: a point on their shared edge or vertex. The noise this absorbs is
+~1e-13 cm (float64 rounding of a warp computed by BLAS, which differs between kernels and
+thread counts); 1e-6 cm is far below anything that matters at the 0.1 mm scale of this map."""
 
 UPPER_OVAL_WEIGHT = 0.25
 """Weight of the forehead/temple part of the face oval: surface points, but the hairline makes
@@ -147,8 +158,12 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.nda
 
 
 def closest_points_on_mesh(points: np.ndarray, verts: np.ndarray, tris: np.ndarray,
-                           k: int = 48) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                           k: int = 48, tie_tol: float = TIE_TOL_CM
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Closest surface point of each query point among its k nearest triangles (by centroid).
+
+    A point equally close to several triangles (on a shared edge or vertex: ties within
+    ``tie_tol``) gets the lowest triangle index (see :func:`canonical_argmin`).
 
     Returns (tri index (N,), barycentrics (N, 3), closest points (N, 3)).
     """
@@ -188,10 +203,39 @@ def closest_points_on_mesh(points: np.ndarray, verts: np.ndarray, tris: np.ndarr
     eb = np.choose(j[..., None], [edge[0][1], edge[1][1], edge[2][1]])
     q = np.where(inside[..., None], best_q, eq)
     bary = np.where(inside[..., None], bary, eb)
-    dist = ((p - q) ** 2).sum(-1)
-    m = dist.argmin(1)
+    dist = np.sqrt(((p - q) ** 2).sum(-1))
+    m = canonical_argmin(dist, q, cand, tie_tol)
     rows = np.arange(len(points))
     return cand[rows, m], bary[rows, m], q[rows, m]
+
+
+def canonical_argmin(dist: np.ndarray, closest: np.ndarray, tri_index: np.ndarray,
+                     tie_tol: float) -> np.ndarray:
+    """Per row, the candidate with the smallest distance, ties going to the lowest triangle.
+
+    A point whose closest surface point lies on an edge (or vertex) shared by several triangles
+    is equally close to all of them, and which one a plain ``argmin`` picks then depends on the
+    last bits of the query point, i.e. on the BLAS kernel and thread count that computed the
+    warp before it. Candidates tie when both their distance and their closest point are within
+    ``tie_tol`` of the best candidate's: they hold the same surface point, and of those the
+    lowest triangle index wins. So the choice does not depend on that noise, and the surface
+    point it represents is the nearest one as before (to within ``tie_tol``).
+
+    Args:
+        dist: (N, k) distance of each point to each of its k candidate triangles.
+        closest: (N, k, 3) closest point on each candidate.
+        tri_index: (N, k) triangle index of each candidate.
+        tie_tol: tolerance of a tie (same units as ``dist``).
+
+    Returns:
+        (N,) column index into the k candidates.
+    """
+    rows = np.arange(len(dist))
+    best = dist.argmin(1)
+    same_point = np.linalg.norm(closest - closest[rows, best][:, None], axis=-1) <= tie_tol
+    tied = same_point & (dist <= dist[rows, best][:, None] + tie_tol)
+    key = np.where(tied, tri_index, np.iinfo(np.int64).max)
+    return key.argmin(1)
 
 
 def rbf_warp(src: np.ndarray, dst: np.ndarray, pts: np.ndarray, sigma: float = 2.5,
@@ -252,7 +296,7 @@ def build(ict_path: Path, task: Path) -> tuple[dict[str, np.ndarray], dict[str, 
         _, _, q = closest_points_on_mesh(warped, verts, fit_tris)
         disp = edge_laplacian_smooth(q - warped, canon_tris, iters=3, pinned=pinned)
         warped = warped + 0.7 * disp
-    tri, bary, proj = closest_points_on_mesh(warped, verts, fit_tris)
+    tri, bary, _ = closest_points_on_mesh(warped, verts, fit_tris)
 
     oval = np.asarray(MEDIAPIPE_FACE_OVAL, np.int64)
     # Contour (pose-dependent silhouette): the oval from ear level (127/356) down round the chin.
@@ -262,18 +306,6 @@ def build(ict_path: Path, task: Path) -> tuple[dict[str, np.ndarray], dict[str, 
     weights = np.ones(len(canon), np.float32)
     weights[upper_oval] = UPPER_OVAL_WEIGHT
     weights[contour] = 0.0
-
-    # Contour candidates: ICT's extended jawlines plus the face vertices within 1.2 cm of the
-    # mapped contour (a band, so the silhouette can slide inward or outward with yaw).
-    jaw = np.concatenate([ict["jawline_right_extended"], ict["jawline_left_extended"]])
-    face_v = verts[:nv]
-    near = cKDTree(face_v).query_ball_point(proj[contour], r=1.2)
-    band = np.unique(np.concatenate([np.asarray(b, np.int64) for b in near]))
-    candidates = np.unique(np.concatenate([jaw.astype(np.int64), band]))
-    cand_side = np.sign(np.where(np.abs(face_v[candidates, 0]) < 0.3, 0,
-                                 face_v[candidates, 0])).astype(np.int8)
-    contour_side = np.sign(np.where(np.abs(rigid[contour, 0]) < 0.3, 0,
-                                    rigid[contour, 0])).astype(np.int8)
 
     # Iris centres: the most forward vertex of each ICT iris (the pupil's pole).
     names = [str(x) for x in ict["region_names"]]
@@ -293,7 +325,7 @@ def build(ict_path: Path, task: Path) -> tuple[dict[str, np.ndarray], dict[str, 
         "ibug68_inner_mean_cm": float(err68[17:].mean()),
         "ibug68_inner_max_cm": float(err68[17:].max()),
         "ibug68_jaw_mean_cm": float(err68[:17].mean()),
-        "n_contour": len(contour), "n_candidates": len(candidates),
+        "n_contour": len(contour),
     }
     print(f"canonical mesh read with the {parser}; similarity scale {s:.4f}")
     out = {
@@ -303,9 +335,6 @@ def build(ict_path: Path, task: Path) -> tuple[dict[str, np.ndarray], dict[str, 
         "bary": bary.astype(np.float32),
         "weights": weights,
         "contour_point_index": contour,
-        "contour_side": contour_side,
-        "contour_candidates": candidates,
-        "contour_candidate_side": cand_side,
         "iris_point_index": np.array([468, 473], np.int64),
         "iris_vertex": np.asarray(iris_vertex, np.int64),
         "canonical_rigid": rigid.astype(np.float32),
@@ -316,19 +345,73 @@ def build(ict_path: Path, task: Path) -> tuple[dict[str, np.ndarray], dict[str, 
     return out, stats
 
 
+ON_EDGE_BARY = 1e-4
+"""A row whose smallest barycentric is below this lies on (or within 1e-4 of) a triangle edge:
+its triangle is a canonical choice among equals, so comparisons check its surface point only."""
+
+
+def surface_points(data: dict[str, np.ndarray] | np.lib.npyio.NpzFile, ict_path: Path
+                   ) -> np.ndarray:
+    """(N, 3) ICT neutral surface point (cm) of each row of an asset."""
+    with np.load(ict_path) as ict:
+        npoly = int(ict["face_area_poly_count"])
+        fit_tris = ict["tri_vertex_indices"][ict["tri_poly_index"] < npoly].astype(np.int64)
+        verts = ict["vertices"].astype(np.float64)
+    return (verts[fit_tris[data["tri"]]] * data["bary"][..., None].astype(np.float64)).sum(1)
+
+
+def differences(new: dict[str, np.ndarray], old: np.lib.npyio.NpzFile, ict_path: Path,
+                atol_cm: float = 1e-5) -> list[str]:
+    """What differs between a rebuilt asset and an existing one, beyond float noise: surface
+    points (allclose), triangle indices of rows away from edges, every other array exactly
+    (float ones allclose). Empty when they agree."""
+    out = []
+    if set(new) != set(old.files):
+        return [f"arrays differ: {sorted(set(new) ^ set(old.files))}"]
+    if new["tri"].shape != old["tri"].shape:
+        return [f"{len(old['tri'])} rows in the asset, {len(new['tri'])} rebuilt"]
+    d = np.abs(surface_points(new, ict_path) - surface_points(old, ict_path)).max(1)
+    if (d > atol_cm).any():
+        out.append(f"{int((d > atol_cm).sum())} surface points moved (max {d.max():.2e} cm)")
+    interior = np.minimum(new["bary"].min(1), old["bary"].min(1)) > ON_EDGE_BARY
+    moved = np.flatnonzero(interior & (new["tri"] != old["tri"]))
+    if len(moved):
+        out.append(f"triangle of {len(moved)} rows away from edges differs: {moved[:10].tolist()}")
+    for k in sorted(set(new) - {"tri", "bary"}):
+        a, b = np.asarray(new[k]), old[k]
+        same = (a.shape == b.shape and (np.allclose(a, b, atol=1e-6) if a.dtype.kind == "f"
+                                        else np.array_equal(a, b)))
+        if not same:
+            out.append(f"{k} differs")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ict", type=Path, default=DEFAULT_ICT)
     ap.add_argument("--task", type=Path, default=DEFAULT_TASK)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--check", action="store_true",
+                    help="rebuild and compare with --out instead of writing it (exit 1 if it differs)")
     args = ap.parse_args(argv)
+    if not args.ict.is_file():
+        ap.error(f"ICT face model not found: {args.ict} (pass --ict PATH/ict_facekit.npz)")
     data, stats = build(args.ict, args.task)
+    for k, v in stats.items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    if args.check:
+        if not args.out.is_file():
+            ap.error(f"--check: no asset at {args.out} to compare with")
+        with np.load(args.out) as old:
+            diffs = differences(data, old, args.ict)
+        for line in diffs:
+            print(f"DIFFERS: {line}")
+        print("asset is reproducible" if not diffs else f"{args.out} is not reproduced")
+        return 1 if diffs else 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, **data)
     args.out.write_bytes(buf.getvalue())
-    for k, v in stats.items():
-        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     return 0
 

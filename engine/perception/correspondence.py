@@ -12,7 +12,7 @@ Rows and weights of the default correspondence:
   loosely along the hairline;
 * the lower face oval (ear level round the chin; 23 points) is a silhouette whose surface
   point changes with head pose: excluded by default (``include_contour=True`` keeps it with
-  weight 0) and fitted with :func:`slide_contour` instead;
+  weight 0); the fit matches the jaw with its point-to-jawline contour term instead;
 * the iris points (468-477) are not on the face surface: ``iris_point_index`` (468, 473 =
   right, left iris centre) pairs with ``iris_vertex``, the ICT iris-pole vertex of each eye.
 
@@ -46,9 +46,6 @@ class Correspondence:
         point_index: (N,) int64 detector landmark of each row (index into ``Face.landmarks``).
         weights: (N,) float32 suggested per-point weight in [0, 1].
         contour_point_index: (K,) int64 detector landmarks of the pose-dependent contour.
-        contour_side: (K,) int8 -1 subject's right, +1 left, 0 midline (chin).
-        contour_candidates: (M,) int64 face-model vertex indices a contour point may slide to.
-        contour_candidate_side: (M,) int8 side of each candidate, as ``contour_side``.
         iris_point_index: (2,) int64 detector landmarks of the right and left iris centres.
         iris_vertex: (2,) int64 face-model vertex at the pole of the right and left iris.
         fit_tri_count: number of fit triangles the asset was built for.
@@ -60,9 +57,6 @@ class Correspondence:
     point_index: np.ndarray
     weights: np.ndarray
     contour_point_index: np.ndarray
-    contour_side: np.ndarray
-    contour_candidates: np.ndarray
-    contour_candidate_side: np.ndarray
     iris_point_index: np.ndarray
     iris_vertex: np.ndarray
     fit_tri_count: int
@@ -99,9 +93,6 @@ def load_correspondence(scheme: str = "mediapipe478", include_contour: bool = Fa
             point_index=d["point_index"].astype(np.int64),
             weights=d["weights"].astype(np.float32),
             contour_point_index=d["contour_point_index"].astype(np.int64),
-            contour_side=d["contour_side"].astype(np.int8),
-            contour_candidates=d["contour_candidates"].astype(np.int64),
-            contour_candidate_side=d["contour_candidate_side"].astype(np.int8),
             iris_point_index=d["iris_point_index"].astype(np.int64),
             iris_vertex=d["iris_vertex"].astype(np.int64),
             fit_tri_count=int(d["fit_tri_count"]),
@@ -145,51 +136,3 @@ def model_points(verts: torch.Tensor, fit_tris: torch.Tensor | np.ndarray,
     bary = torch.as_tensor(corr.bary, device=dev, dtype=verts.dtype)
     v = verts[:, corners]  # (B, N, 3 corners, 3 xyz)
     return (v * bary[None, :, :, None]).sum(dim=2)
-
-
-def slide_contour(proj_verts: torch.Tensor, detected: torch.Tensor,
-                  corr: Correspondence) -> torch.Tensor:
-    """Choose, per detected contour landmark, the model vertex it currently corresponds to.
-
-    The face oval that the detector reports is the visible silhouette of the cheeks and jaw, so
-    which surface point it is depends on the head pose (and on identity). As in "landmark
-    marching", the fitter re-picks the vertex every few iterations: among
-    ``corr.contour_candidates`` (ICT's extended jawlines plus a ~1.2 cm band of face vertices
-    around the mapped oval), the one whose current projection is nearest in the image to the
-    detected point, restricted to the same side of the face (the chin may pick either side).
-    The choice itself is not differentiable; the loss on ``verts[:, index]`` is.
-
-    Typical use::
-
-        idx = slide_contour(proj[:, :nv], face_landmarks[:, corr.contour_point_index], corr)
-        loss = ((project(verts.gather(...idx...)) - detected) ** 2)  # for iterations k..k+n
-
-    Args:
-        proj_verts: (B, V, 2) or (V, 2) projected model vertices, image pixels (any 2D frame
-            consistent with ``detected``).
-        detected: (B, K, 2) or (K, 2) detected contour points, i.e.
-            ``Face.landmarks[corr.contour_point_index]``, same frame.
-        corr: from :func:`load_correspondence`.
-
-    Returns:
-        (B, K) or (K,) int64 model vertex indices (on ``proj_verts.device``).
-    """
-    import torch
-
-    squeeze = proj_verts.dim() == 2
-    if squeeze:
-        proj_verts, detected = proj_verts[None], detected[None]
-    dev = proj_verts.device
-    k = len(corr.contour_point_index)
-    if detected.shape[-2] != k:
-        raise ValueError(f"expected {k} detected contour points, got {detected.shape[-2]}")
-    cand = torch.as_tensor(corr.contour_candidates, device=dev)
-    with torch.no_grad():
-        pc = proj_verts[:, cand].to(detected.dtype)  # (B, M, 2)
-        d = torch.cdist(detected, pc)  # (B, K, M)
-        side_k = torch.as_tensor(corr.contour_side, device=dev)[:, None]
-        side_m = torch.as_tensor(corr.contour_candidate_side, device=dev)[None, :]
-        ok = (side_k == 0) | (side_m == 0) | (side_k == side_m)  # (K, M)
-        d = d.masked_fill(~ok[None], float("inf"))
-        idx = cand[d.argmin(dim=-1)]
-    return idx[0] if squeeze else idx

@@ -18,7 +18,8 @@ import pytest
 import bpy
 from addon_testlib import ADDON, PHOTO, pid_gone
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("real_engine", "addon")]
+pytestmark = [pytest.mark.slow, pytest.mark.needs_torch,
+              pytest.mark.usefixtures("real_engine", "addon")]
 
 MAX_STEPS = 4
 _CACHE: dict[str, str] = {}

@@ -175,7 +175,11 @@ def test_interactive_flow_with_poll_and_cancel(fake_engine, tmp_path):
     while not job.finished and time.monotonic() - t0 < 5:
         runner.poll()
         time.sleep(0.02)
-    assert job.state == "cancelled" and time.monotonic() - t0 < 1.5
+    # Behaviour, not wall-clock: the engine ended on the cancel (its cancelled exit code, no
+    # result) well before its 400 steps were done; the time it took is printed, not asserted.
+    print(f"cancel -> job finished in {time.monotonic() - t0:.2f} s")
+    assert job.state == "cancelled" and job.returncode == 130 and job.result is None
+    assert job.progress < 0.5, job.message
     assert not rt.running and pid_gone(job.pid)
     assert runner.poll() is None  # the timer unregisters itself when idle
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -20,19 +18,26 @@ from engine.perception.correspondence import (  # noqa: E402
     DATA_DIR,
     load_correspondence,
     model_points,
-    slide_contour,
 )
 from engine.perception.landmarks import MEDIAPIPE_TO_IBUG68  # noqa: E402
+from shared_data import require_shared, shared_path  # noqa: E402
 
-SHARED = Path(os.environ.get("GANFIT_SHARED", REPO.parent / "shared"))
-ICT = SHARED / "models" / "ict-facekit" / "ict_facekit.npz"
+ICT = shared_path("models", "ict-facekit", "ict_facekit.npz")
 ASSET = DATA_DIR / "mediapipe478_ict.npz"
+
+
+def _tool():
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import make_mediapipe_correspondence as tool
+    finally:
+        sys.path.pop(0)
+    return tool
 
 
 @pytest.fixture(scope="module")
 def ict() -> dict[str, np.ndarray]:
-    if not ICT.is_file():
-        pytest.skip(f"ICT face model not found at {ICT} (set GANFIT_SHARED)")
+    require_shared("models", "ict-facekit", "ict_facekit.npz")
     with np.load(ICT) as d:
         keep = ("vertices", "tri_vertex_indices", "tri_poly_index", "landmarks_multipie68",
                 "face_area_poly_count", "face_area_vertex_count")
@@ -87,7 +92,6 @@ def test_left_right_not_swapped(ict, neutral) -> None:
         assert pts[i, 0] < -0.5, i
     v = ict["vertices"][corr.iris_vertex]
     assert v[0, 0] < 0 < v[1, 0]  # iris 468 = right, 473 = left
-    assert (corr.contour_side[pts[corr.contour_point_index, 0] > 0.3] == 1).all()
 
 
 def test_ibug68_subset_near_ict_landmarks(ict, neutral) -> None:
@@ -125,71 +129,76 @@ def test_matches_lead_face_model(ict) -> None:
     assert pts.shape == (1, len(corr), 3)
 
 
-def _project(verts: np.ndarray, yaw_deg: float) -> np.ndarray:
-    """Orthographic view, 20 px per cm, y down (image convention)."""
-    a = math.radians(yaw_deg)
-    r = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
-    v = verts @ r.T
-    return np.stack([400 + 20 * v[:, 0], 400 - 20 * v[:, 1]], 1)
-
-
-@pytest.mark.parametrize("yaw", [0.0, 25.0])
-def test_slide_contour(ict, neutral, yaw: float) -> None:
-    corr = load_correspondence(include_contour=True)
-    proj = torch.from_numpy(_project(ict["vertices"].astype(np.float64), yaw))
-    # "Detected" contour = the silhouette of the jaw/cheek band: at the image height of each
-    # mapped oval point, the outermost projected candidate on that point's side (the chin stays
-    # as mapped). Candidates only, since ICT's face area includes the ears, which a detector's
-    # face oval never follows.
-    pts = model_points(neutral.double(), ict["fit_tris"], corr)[0].numpy()
-    target = _project(pts[corr.contour_point_index], yaw)
-    face = proj.numpy()[corr.contour_candidates]
-    for k, side in enumerate(corr.contour_side):
-        if side == 0:
-            continue
-        row = face[np.abs(face[:, 1] - target[k, 1]) < 4.0]
-        target[k] = row[row[:, 0].argmin()] if side < 0 else row[row[:, 0].argmax()]
-        target[k, 1] = row[(row[:, 0] == target[k, 0])][0, 1]
-    idx = slide_contour(proj, torch.from_numpy(target), corr)
-    assert idx.shape == (len(corr.contour_point_index),) and idx.dtype == torch.int64
-    got = proj[idx].numpy()
-    err = np.linalg.norm(got - target, axis=1)
-    assert err.max() < 0.6 * 20  # within 6 mm of the requested image point
-    side = np.sign(ict["vertices"][idx.numpy(), 0])
-    assert ((side == corr.contour_side) | (corr.contour_side == 0)
-            | (np.abs(ict["vertices"][idx.numpy(), 0]) < 0.3)).all()
-    # batched form
-    idx_b = slide_contour(proj[None].repeat(2, 1, 1), torch.from_numpy(target)[None].repeat(2, 1, 1),
-                          corr)
-    assert idx_b.shape == (2, len(corr.contour_point_index))
-    assert torch.equal(idx_b[0], idx)
-    if yaw:
-        # The silhouette slides: turned, the picks differ from the frontal picks.
-        front = _project(ict["vertices"].astype(np.float64), 0.0)
-        idx0 = slide_contour(torch.from_numpy(front),
-                             torch.from_numpy(_project(pts[corr.contour_point_index], 0.0)), corr)
-        assert (idx0 != idx).sum() >= len(idx) // 3
+def _surface(data, ict) -> np.ndarray:
+    """(N, 3) surface point of each row on the ICT neutral (cm, float64)."""
+    corners = ict["vertices"].astype(np.float64)[ict["fit_tris"][data["tri"]]]
+    return (corners * data["bary"][..., None].astype(np.float64)).sum(1)
 
 
 def test_asset_is_reproducible(ict) -> None:
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import make_mediapipe_correspondence as tool
-    finally:
-        sys.path.pop(0)
+    """Rebuilding the asset gives the same surface points, and the same triangles for every
+    point that is not on an edge (a point on an edge shared by two triangles is in either; the
+    tool stores the lower-numbered, see the next test). Independent of the BLAS kernel and
+    thread count: the asset is checked with OPENBLAS_CORETYPE set and unset, 1 and 2 threads."""
+    tool = _tool()
     data, _ = tool.build(ICT, tool.DEFAULT_TASK)
     with np.load(ASSET) as d:
-        np.testing.assert_array_equal(d["tri"], data["tri"])
-        np.testing.assert_allclose(d["bary"], data["bary"], atol=1e-6)
-        np.testing.assert_array_equal(d["contour_candidates"], data["contour_candidates"])
+        old = {k: d[k] for k in d.files}
+    assert sorted(data) == sorted(old)
+    np.testing.assert_allclose(_surface(data, ict), _surface(old, ict), rtol=0, atol=1e-5)
+    off_edge = np.minimum(data["bary"].min(1), old["bary"].min(1)) > tool.ON_EDGE_BARY
+    assert off_edge.sum() > 400  # 32 of the 468 points lie on an edge
+    np.testing.assert_array_equal(data["tri"][off_edge], old["tri"][off_edge])
+    np.testing.assert_allclose(data["bary"][off_edge], old["bary"][off_edge], atol=1e-6)
+    for k in sorted(set(old) - {"tri", "bary"}):
+        if old[k].dtype.kind == "f":
+            np.testing.assert_allclose(data[k], old[k], atol=1e-6, err_msg=k)
+        else:
+            np.testing.assert_array_equal(data[k], old[k], err_msg=k)
+    assert tool.differences(data, np.load(ASSET), ICT) == []
+
+
+def test_points_on_edges_use_the_lowest_triangle(ict) -> None:
+    """Canonical form of the asset: a point on a shared edge (or vertex) is stored in the
+    lowest-numbered fit triangle that holds it."""
+    corr = load_correspondence(include_contour=True)
+    ft = ict["fit_tris"]
+    n_edge = 0
+    for t, b in zip(corr.tri, corr.bary):
+        on = b > 1e-6  # the corners the point depends on
+        if on.all():
+            continue
+        n_edge += 1
+        holders = np.flatnonzero(np.isin(ft, ft[t][on]).sum(1) == on.sum())
+        assert t == holders.min(), (t, holders)
+    assert n_edge >= 20
+
+
+def test_ties_are_broken_by_triangle_index() -> None:
+    """Two triangles sharing an edge, a point right above it: the lower index wins whatever
+    rounding noise moved the point, and whichever order the candidates come in; a point
+    clearly inside the other triangle still gets that one."""
+    tool = _tool()
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0.0]])
+    tris = np.array([[1, 3, 2], [0, 1, 2]])  # share the edge 1-2; triangle 0 is the far one
+    for noise in (0.0, 1e-13, -1e-13, 3e-14):
+        p = np.array([[0.5 + noise, 0.5 - noise, 0.2]])
+        for order in (tris, tris[::-1]):
+            t, b, q = tool.closest_points_on_mesh(p, verts, order, k=2)
+            assert t[0] == 0
+            np.testing.assert_allclose(q[0], [0.5, 0.5, 0], atol=1e-12)
+            np.testing.assert_allclose((verts[order[t[0]]] * b[0][:, None]).sum(0), q[0], atol=1e-12)
+    t, _, _ = tool.closest_points_on_mesh(np.array([[0.2, 0.2, 0.1]]), verts, tris, k=2)
+    assert t[0] == 1
+    # the tie rule itself: within tie_tol and at the same point -> lowest index
+    dist = np.array([[1.0, 1.0 + 1e-12, 1.0, 2.0]])
+    closest = np.zeros((1, 4, 3))
+    closest[0, 2] = [0, 0, 0.5]  # as near, but elsewhere: not a tie of the same point
+    assert tool.canonical_argmin(dist, closest, np.array([[7, 3, 1, 0]]), 1e-6)[0] == 1
 
 
 def test_raw_protobuf_reader_matches() -> None:
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import make_mediapipe_correspondence as tool
-    finally:
-        sys.path.pop(0)
+    tool = _tool()
     import zipfile
     with zipfile.ZipFile(tool.DEFAULT_TASK) as z:
         blob = z.read(tool.GEOMETRY_ENTRY)

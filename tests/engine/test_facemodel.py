@@ -92,7 +92,7 @@ def test_expression_clamp_keeps_mouth_close_below_jaw_open(model):
     assert (e[:, model.mouth_close] <= e[:, model.jaw_open]).all()
 
 
-@pytest.mark.skipif(not ICT.is_file(), reason="shared ICT-FaceKit npz not present (set GANFIT_SHARED)")
+@pytest.mark.needs_shared("models", "ict-facekit", "ict_facekit.npz")
 def test_matches_source_model(model):
     src = np.load(ICT)
     n = model.n_fit_vertices

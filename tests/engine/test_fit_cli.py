@@ -15,12 +15,14 @@ import pytest
 from PIL import Image
 
 from engine.protocol import decode
+from shared_data import require_shared
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("GANFIT_SHARED", REPO.parent / "shared"))
 PHOTO = SHARED / "photos" / "codait_luciano.png"
 
-needs_photo = pytest.mark.skipif(not PHOTO.is_file(), reason=f"shared photo missing: {PHOTO} (set GANFIT_SHARED)")
+needs_photo = pytest.mark.needs_shared("photos", PHOTO.name)  # skipped if missing; fails under CI
+pytestmark = pytest.mark.needs_torch  # every test here runs `python -m engine`
 
 
 def engine_cmd(*args: str) -> list[str]:
@@ -44,8 +46,7 @@ def messages(stdout: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    if not PHOTO.is_file():
-        pytest.skip(f"shared photo missing: {PHOTO}")
+    require_shared("photos", PHOTO.name)
     out = tmp_path_factory.mktemp("fit") / "résultat ü"  # unicode output path
     p = run_engine("fit", str(PHOTO), "-o", str(out), "--preset", "fast", "--max-steps", "3",
                    "--json-progress", "--report", "--texture-res", "256")
@@ -204,7 +205,13 @@ def test_cancel_is_prompt_and_leaves_nothing(tmp_path, how):
     assert proc.returncode == 130
     msgs = messages("".join(lines) + rest)
     assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "cancelled"
-    assert elapsed < 3.0  # within a second of the step in flight; generous for loaded CI machines
+    # Behaviour, not wall-clock (the time is printed): the fit stopped in the fine stage, well
+    # before its last step, instead of running to the end.
+    print(f"cancel by {how}: exit after {elapsed:.2f} s")
+    fine = [m for m in msgs if m["type"] == "progress" and m["stage"] == "fine"]
+    assert fine and max(m["step"] for m in fine) < fine[-1]["total"] // 2
+    assert not [m for m in msgs if m["type"] == "result"
+                or (m["type"] == "stage" and m["name"] == "albedo")]
     assert not out.exists() and not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
 
 

@@ -16,6 +16,7 @@ if str(REPO) not in sys.path:  # the repo may not be pip-installed in the test v
 
 from engine.errors import BadInputError  # noqa: E402
 from engine.io.image import downscale_for_detection, load_photo, read_exif_focal_35mm  # noqa: E402
+from shared_data import require_shared  # noqa: E402
 
 SHARED = Path(os.environ.get("GANFIT_SHARED", REPO.parent / "shared"))
 PHOTO = SHARED / "photos" / "pexels_638700_woman_neutral.jpg"
@@ -23,8 +24,7 @@ PHOTO = SHARED / "photos" / "pexels_638700_woman_neutral.jpg"
 
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
-    if not PHOTO.is_file():
-        pytest.skip(f"shared photos not found at {PHOTO.parent} (set GANFIT_SHARED)")
+    require_shared("photos", PHOTO.name)
     with Image.open(PHOTO) as im:
         return im.convert("RGB").resize((300, 348))
 

@@ -32,7 +32,7 @@ PHOTOS = sorted(p for p in (SHARED / "photos").glob("*") if p.suffix.lower() in
                 (".jpg", ".jpeg", ".png"))
 REF_PHOTO = SHARED / "photos" / "pexels_638700_woman_neutral.jpg"
 
-pytestmark = pytest.mark.skipif(not PHOTOS, reason=f"no shared photos under {SHARED}")
+pytestmark = pytest.mark.needs_shared("photos")  # skipped if missing; fails under CI
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Face recognisers: dlib port vs dlib, losses, gradients, ArcFace ONNX loading, errors.
 
 Parts that need the shared photos skip when $GANFIT_SHARED (default <repo>/../shared) is
-absent; parts comparing with dlib skip when dlib (dlib-bin, a test dependency) is missing.
+absent, parts comparing with dlib when dlib (dlib-bin, a test dependency) is missing; both fail
+instead when CI is set (tests/shared_data.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from engine.errors import MissingModelError
 from engine.perception.dlib_resnet import DlibFormatError, dlib_model_path, parse_dlib_net
 from engine.perception.recognizer import content_loss, identity_loss, load_recognizer
+from shared_data import require_shared, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("GANFIT_SHARED", ROOT.parent / "shared"))
@@ -30,8 +32,13 @@ def _dlib_weights_present() -> bool:
         return False
 
 
-needs_weights = pytest.mark.skipif(not _dlib_weights_present(),
-                                   reason="face-recognition-models not installed")
+@pytest.fixture(scope="module")
+def dlib_weights() -> None:
+    if not _dlib_weights_present():
+        unavailable("face-recognition-models not installed")
+
+
+needs_weights = pytest.mark.usefixtures("dlib_weights")  # skipped if missing; fails under CI
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -47,13 +54,16 @@ def _to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def rec():
     if not _dlib_weights_present():
-        pytest.skip("face-recognition-models not installed")
+        unavailable("face-recognition-models not installed")
     return load_recognizer("dlib")
 
 
 @pytest.fixture(scope="module")
 def dlib_ref():
-    dlib = pytest.importorskip("dlib")
+    try:
+        import dlib
+    except ImportError:
+        unavailable("dlib (dlib-bin, a test dependency) is not installed")
     models = dlib_model_path().parent
     return (dlib, dlib.get_frontal_face_detector(),
             dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")),
@@ -72,8 +82,7 @@ def _dlib_chip(ref, img: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def photo_chips(dlib_ref):
-    if not PHOTOS.is_dir():
-        pytest.skip(f"shared photos not found at {PHOTOS}")
+    require_shared("photos")
     files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     assert len(files) >= 8
     return [p.name for p in files], [_dlib_chip(dlib_ref, _rgb(p)) for p in files]
@@ -115,8 +124,7 @@ def test_identity_loss_zero_for_same_larger_for_different(rec, photo_chips) -> N
 
 
 def test_same_person_closer_than_different_people(rec, dlib_ref) -> None:
-    if not LONDON.is_dir():
-        pytest.skip(f"London set not found at {LONDON}")
+    require_shared("faces", "london-canada")
     ids = ["001", "005", "010"]
     chips = []
     for pid in ids:
@@ -196,8 +204,11 @@ def test_missing_arcface_names_where_and_how(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, on purpose
 def test_arcface_onnx_conversion_matches_onnxruntime(tmp_path: Path) -> None:
-    pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+    except ImportError as exc:
+        unavailable(f"{exc.name} (a test dependency) is not installed")
     from engine.perception.arcface import IResNet
 
     torch.manual_seed(0)

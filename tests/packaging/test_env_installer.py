@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pkgtest_helpers import REPO, make_fake_engine, offline_pip
+from pkgtest_helpers import REPO, make_fake_engine, offline_pip, write_wheel
 
 WAIT_S = 300
 
@@ -345,3 +345,74 @@ def test_full_install_with_local_torch(env_mod, tmp_path):
     assert version.startswith("2.13.0") and cuda == "None"  # the CPU build, never CUDA
     if not smoke:
         pytest.xfail("installed, but 'python -m engine check' does not exist yet: no smoke test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which torch build arrives: 'cpu' from the plain index on Linux is PyPI's CUDA build
+
+
+def test_expected_torch_build(env_mod):
+    exp = env_mod.expected_torch_build
+    assert exp("cpu", None, [], "linux", "x86_64") == "cuda"  # PyPI's Linux torch
+    assert exp("cpu", None, ["--no-index", "--find-links", "/w"], "linux", "x86_64") == "cpu"
+    assert exp("cpu", "https://download.pytorch.org/whl/cpu", [], "linux", "x86_64") == "cpu"
+    assert exp("cpu", None, [], "linux", "aarch64") == "cpu"
+    assert exp("cpu", None, [], "win32", "AMD64") == "cpu"
+    assert exp("cpu", None, [], "darwin", "arm64") == "cpu"
+    assert exp("cuda", "https://download.pytorch.org/whl/cpu", [], "win32", "AMD64") == "cuda"
+
+
+def test_cpu_from_plain_index_warns_and_sizes_disk_check(env_mod, tmp_path, fake_engine,
+                                                         monkeypatch):
+    monkeypatch.delenv("GANFIT_TORCH_INDEX_URL", raising=False)
+    monkeypatch.delenv("GANFIT_PIP_ARGS", raising=False)
+    monkeypatch.setattr(env_mod, "pypi_torch_is_cuda", lambda *a, **k: True)
+    plain = env_mod.Installer(tmp_path / "e", sys.executable, "cpu", fake_engine,
+                              tmp_path / "i.log", torch_index_url="pypi")
+    assert plain.expected_build == "cuda"
+    assert plain.min_free_bytes == env_mod.MIN_FREE_BYTES["cuda"] > env_mod.MIN_FREE_BYTES["cpu"]
+    (w,) = plain.poll()["warnings"]
+    assert "CUDA build" in w and "download.pytorch.org/whl/cpu" in w
+    cpu_index = env_mod.Installer(tmp_path / "e", sys.executable, "cpu", fake_engine,
+                                  tmp_path / "i.log")  # the default: PyTorch's CPU index
+    assert cpu_index.expected_build == "cpu" and cpu_index.poll()["warnings"] == []
+    assert cpu_index.min_free_bytes == env_mod.MIN_FREE_BYTES["cpu"]
+    # The disk check says why it wants that much.
+    monkeypatch.setattr(env_mod.shutil, "disk_usage",
+                        lambda p: type("U", (), {"free": 3 * 1024**3})())
+    plain.start()
+    p = plain.wait(WAIT_S)
+    assert p["state"] == "failed" and "Not enough disk space" in p["message"]
+    assert "needs about 8 GB" in p["message"] and "CUDA build" in p["message"], p["message"]
+
+
+def _torch_wheelhouse(folder: Path, cuda: str | None) -> Path:
+    write_wheel(folder, "ganfit-tiny", "1.0", {"ganfit_tiny/__init__.py": "VALUE = 42\n"})
+    write_wheel(folder, "torch", "2.13.0", {
+        "torch/__init__.py": "raise ImportError('the probe must not import torch')\n",
+        "torch/version.py": f"__version__ = '2.13.0'\ncuda = {cuda!r}\n",
+    })
+    return folder
+
+
+@pytest.mark.parametrize("cuda", [None, "13.0"])
+def test_marker_records_the_installed_build(env_mod, tmp_path, cuda):
+    engine = make_fake_engine(tmp_path / "ext")
+    wheels = _torch_wheelhouse(tmp_path / "wheels", cuda)
+    inst = _installer(env_mod, tmp_path, engine, wheels, upgrade_pip=False, smoke_test=False)
+    assert inst.poll()["warnings"] == []  # --no-index: nothing to warn about beforehand
+    inst.start()
+    p = inst.wait(WAIT_S)
+    assert p["state"] == "done", (p, inst.log_tail())
+    marker = env_mod.read_marker(inst.env_dir)
+    assert marker["requested_variant"] == "cpu" and marker["torch_build"] == "2.13.0"
+    assert marker["torch_cuda"] == cuda and marker["torch_bytes"] > 0
+    log = inst.log_path.read_text()
+    if cuda is None:
+        assert marker["variant"] == "cpu" and marker["warnings"] == [] == p["warnings"]
+        assert "# torch installed: 2.13.0 (cpu)" in log
+    else:
+        assert marker["variant"] == "cuda"
+        (w,) = p["warnings"]
+        assert marker["warnings"] == [w] and "CUDA build" in w and "CUDA 13.0" in w
+        assert w in p["message"] and f"# WARNING: {w}" in log
