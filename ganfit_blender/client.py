@@ -69,7 +69,13 @@ def environment_error(error: dict[str, Any], python: str, log_path: Path | None 
     """An ``environment`` error to show instead of ``error`` when the engine failed because its
     Python lacks a package (numpy, torch, ...): the environment is incomplete, not the engine
     broken. None when that is not the cause."""
-    if error.get("code") not in ("internal", None):
+    code = error.get("code")
+    # The engine says so itself (missing_model, "environment is incomplete") when the import fails
+    # inside its own error handling; older engines or an import failure before that is "internal".
+    if code == "missing_model":
+        if "environment is incomplete" not in str(error.get("msg") or ""):
+            return None
+    elif code not in ("internal", None):
         return None
     name = missing_module(str(error.get("msg") or ""), str(error.get("detail") or ""),
                           tail_text(log_path))
