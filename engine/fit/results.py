@@ -14,7 +14,9 @@ from PIL import Image
 from .. import __version__
 from ..camera import rotation_matrix, world_to_camera_matrix
 from ..models.facemodel import FaceModel
-from .fitter import FitOutput, linear_to_srgb, render_full
+from ..render.colour import linear_to_srgb
+from ..render.forward import render_full
+from .stages.albedo import FitOutput
 
 SCHEMA = 1
 MATERIAL = "ganfit_face"
