@@ -298,9 +298,25 @@ def _add_zero_fill(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         c, h, w = t.shape[1:]
         if (c, h, w) == tuple(shape):
             return t
-        return F.pad(t, (0, shape[2] - w, 0, shape[1] - h, 0, shape[0] - c))
+        return _ZeroPad.apply(t, (0, shape[2] - w, 0, shape[1] - h, 0, shape[0] - c))
 
     return grow(a) + grow(b)
+
+
+class _ZeroPad(torch.autograd.Function):
+    """F.pad whose backward hands on a *contiguous* gradient: F.pad's own is a strided slice, and
+    the convolution before it then computed its input gradient in a thread-dependent order
+    (run-to-run differences in the last bits with 2 threads, amplified by a fit)."""
+
+    @staticmethod
+    def forward(ctx, t, pad):  # noqa: D102
+        ctx.shape = t.shape
+        return F.pad(t, pad)
+
+    @staticmethod
+    def backward(ctx, g):
+        c, h, w = ctx.shape[1:]
+        return g[:, :c, :h, :w].contiguous(), None
 
 
 def _conv(layer: DlibLayer) -> nn.Conv2d:
