@@ -30,6 +30,10 @@ from .stages.detect import Detection
 from .texture import TexelTexture, TextureModel
 
 
+# The steps in the order ``run`` takes them (``run.py`` names its progress stages after them).
+STEPS = ("detect", "coarse", "unwrap", "fine", "albedo", "write")
+
+
 @dataclass
 class Env:
     """What every stage uses, loaded once per run."""
