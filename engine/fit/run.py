@@ -1,4 +1,4 @@
-"""``python -m engine fit``: the command around the fitter - protocol, cancel, logging, the
+"""``python -m engine fit``: the command around the pipeline - protocol, cancel, logging, the
 temporary result folder and error codes (docs/protocol.md)."""
 
 from __future__ import annotations
