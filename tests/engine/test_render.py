@@ -536,6 +536,7 @@ def test_face_mesh_render_smoke():
 
 def test_bench_render_runs():
     import importlib.util
+    from pathlib import Path
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "render.py"
     spec = importlib.util.spec_from_file_location("benchmarks_render", path)
     bench = importlib.util.module_from_spec(spec)
