@@ -146,7 +146,7 @@ def test_render_full_is_the_forward_model_in_tiles():
     assert full.shape == (96, 96, 4) and 0.05 < (full[..., 3] > 127).mean() < 0.9
     assert np.abs(full[..., 3] / 255.0 - a).max() < 0.01
     cov = a > 0.99
-    rgb = (out["rgba"][0, ..., :3].numpy()[cov] * 255)
+    rgb = (out["rgba"][0, ..., :3].numpy() / a.clip(1e-4)[..., None]).clip(0, 1)[cov] * 255
     assert np.abs(full[..., :3][cov] - rgb).max() <= 1.0
 
 
