@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Y_lm normalisation constants times the Lambertian band factors (pi, 2pi/3, pi/4), divided by
@@ -71,6 +72,27 @@ class LightFit:
     rounds: int = 4              # IRLS rounds; the outlier weights settle after 3-4
     robust_scale: float = 3.0    # Cauchy scale = this x the median residual
     clamp: tuple[float, float] = (-2.0, 3.0)  # a sane range for any coefficient of a mean-1 light
+
+
+def exposure_from_white_point(photo_srgb: np.ndarray, quantile: float = 0.999, full: float = 0.25,
+                               none: float = 0.5, white: float = 0.95) -> float:
+    """How much of the photo's brightness the *light* should carry: 1 for a normally exposed photo,
+    less for an underexposed one, so that a dark photo gives a dim light instead of a dark albedo.
+
+    The cue is the photo's white point, the ``quantile`` of its linear luminance: a normal photo has
+    something near white in it (the shared test photos: 0.53-1.0), a photo darkened by a factor k has
+    none above k. At or below ``full`` the exposure is the white point / ``white`` (fully undone);
+    at or above ``none`` it is 1 (nothing changes); linear in between.
+    """
+    x = photo_srgb.astype(np.float32) / 255.0
+    lin = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    p = float(np.quantile(lin @ np.array([0.2126, 0.7152, 0.0722], np.float32), quantile))
+    if p >= none:
+        return 1.0
+    low = max(full, 1e-3) / white          # the exposure at p == full
+    if p <= full:
+        return max(p, 1e-3) / white
+    return low + (1.0 - low) * (p - full) / (none - full)
 
 
 def solve_lighting(colour_lin: torch.Tensor, nrm: torch.Tensor, weight: torch.Tensor,

@@ -78,6 +78,11 @@ class UnwrapConfig:
     shade_floor: float = 0.3       # de-lighting divides by at least this (no blow-up in shadow)
     fill_min_conf: float = 0.02    # texels seen worse than this are filled from their neighbours
     lighting: LightFit = field(default_factory=LightFit)
+    # Exposure from the photo's white point (``lighting.exposure_from_white_point``): the light,
+    # not the albedo, absorbs an underexposed photo's darkness. Below a white point of 0.25 it is
+    # undone fully, from 0.5 up (every normally exposed photo we tried: 0.53-1.0) not at all.
+    exposure_full: float = 0.25
+    exposure_none: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -151,10 +151,12 @@ def identity_terms(emb: torch.Tensor, emb_photo: torch.Tensor, feats: list[torch
             "content": content_loss(feats_photo, feats).mean()}
 
 
-def light_terms(sh: torch.Tensor, irr_mean: torch.Tensor) -> dict[str, torch.Tensor]:
+def light_terms(sh: torch.Tensor, irr_mean: torch.Tensor, level: float = 1.0) -> dict[str, torch.Tensor]:
     """``light_prior`` (SH small beyond ambient) and ``light_level`` (the mean irradiance over the
-    face kept at 1, see ``config.Weights.light_level``)."""
-    return {"light_prior": light_prior(sh), "light_level": ((irr_mean - 1) ** 2).mean()}
+    face kept at ``level``: 1, or the exposure of an underexposed photo; see
+    ``config.Weights.light_level``)."""
+    return {"light_prior": light_prior(sh / level),
+            "light_level": ((irr_mean - level) ** 2).mean() / (level * level)}
 
 
 def weigh(terms: dict[str, torch.Tensor], weights) -> dict[str, torch.Tensor]:

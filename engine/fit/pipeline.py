@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..camera import Intrinsics
+from ..lighting import exposure_from_white_point
 from .config import FitConfig
 from .hooks import Hooks
 from .stages import albedo, coarse, detect, fine, unwrap, write
@@ -64,7 +65,8 @@ def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dens
     t = time.perf_counter()
     hooks.check_cancel()
     hooks.stage("unwrap")
-    start = unwrap.run(env.ctx, m, cfg, rough.params, framed.crop, env.texture_factory, dev)
+    exposure = exposure_from_white_point(photo, full=cfg.unwrap.exposure_full, none=cfg.unwrap.exposure_none)
+    start = unwrap.run(env.ctx, m, cfg, rough.params, framed.crop, env.texture_factory, dev, exposure)
     timings["unwrap"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -75,7 +77,7 @@ def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dens
     t = time.perf_counter()
     hooks.check_cancel()
     hooks.stage("albedo")
-    out = albedo.run(env.ctx, m, cfg, refined, framed, photo, K_full, det68, dev)
+    out = albedo.run(env.ctx, m, cfg, refined, framed, photo, K_full, det68, dev, start.exposure)
     timings["albedo"] = time.perf_counter() - t
     out.timings = timings
     out.history = {"coarse": rough.history, "fine": refined.history}

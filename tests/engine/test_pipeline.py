@@ -254,3 +254,27 @@ def test_same_seed_same_fit_on_one_thread(short_fit):
         assert torch.equal(getattr(a.state, k), getattr(b.state, k)), k
     assert torch.equal(a.albedo, b.albedo)
     assert a.metrics == b.metrics
+
+
+def _darken(photo: np.ndarray, k: float) -> np.ndarray:
+    x = photo.astype(np.float32) / 255
+    lin = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4) * k
+    s = np.where(lin <= 0.0031308, lin * 12.92, 1.055 * np.maximum(lin, 1e-8) ** (1 / 2.4) - 0.055)
+    return (s * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def test_exposure_is_one_for_normal_photos_and_undoes_a_dark_one():
+    from engine.io.image import load_photo
+    from engine.lighting import exposure_from_white_point
+    need_photo()
+    photos = sorted(p for p in (SHARED / "photos").iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    assert len(photos) >= 8
+    for p in photos:
+        assert exposure_from_white_point(load_photo(p)) == 1.0, p.name
+    normal = load_photo(PHOTO)
+    for k in (0.1, 0.15, 0.2):
+        e = exposure_from_white_point(_darken(normal, k))
+        assert 0.8 * k < e < 1.25 * k, (k, e)
+    # continuous and monotonic between "undone fully" and "not at all"
+    es = [exposure_from_white_point(_darken(normal, k)) for k in np.linspace(0.05, 1.0, 20)]
+    assert all(b >= a for a, b in zip(es, es[1:])) and es[-1] == 1.0

@@ -41,7 +41,8 @@ class FitOutput:
 
 
 def final_albedo(ctx, model, cfg, p: FitParams, texture: TextureModel, photo: np.ndarray,
-                 K_full: Intrinsics, crop: Crop, outline: np.ndarray | None, device) -> torch.Tensor:
+                 K_full: Intrinsics, crop: Crop, outline: np.ndarray | None, device,
+                 exposure: float = 1.0) -> torch.Tensor:
     """(1, T, T, 3) linear completed atlas at ``cfg.texture_res``."""
     ac = cfg.albedo
     T = cfg.texture_res
@@ -59,16 +60,16 @@ def final_albedo(ctx, model, cfg, p: FitParams, texture: TextureModel, photo: np
     pos, nrm, mask = uvspace.texel_geometry(ctx, uvr, geom.cam, geom.normals, model)
     colour, conf = uvspace.unwrap(hi.image, hi.face_valid, depth, hi.K, pos, nrm, mask)
     conf = conf * uvspace.narrow_texels(uvr, model)
-    delit = (srgb_to_linear(colour) / shading(nrm, p.sh).clamp_min(ac.shade_floor)).clamp(0, 1)
+    delit = (srgb_to_linear(colour) / shading(nrm, p.sh).clamp_min(ac.shade_floor * exposure)).clamp(0, 1)
     return texture.final_albedo(fitted, delit, conf, uvr, model, ac.conf_gain)
 
 
 def run(ctx, model, cfg, fine: FineResult, framed: Framed, photo: np.ndarray, K_full: Intrinsics,
-        det68: np.ndarray, device) -> FitOutput:
+        det68: np.ndarray, device, exposure: float = 1.0) -> FitOutput:
     crop = framed.crop
     with torch.no_grad():
         albedo = final_albedo(ctx, model, cfg, fine.params, fine.texture, photo, K_full, crop,
-                              framed.outline, device)
+                              framed.outline, device, exposure)
     proj68_full = fine.proj68 * (crop.side / crop.res) + np.array([crop.x0, crop.y0])
     return FitOutput(fine.params, fine.texture, albedo, K_full, crop, det68, proj68_full, fine.losses,
                      fine.metrics, {})

@@ -116,7 +116,7 @@ def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed,
                 metrics["identity_cosine_init"] = cos
             metrics["identity_cosine"] = cos
         raw.update(L.prior_terms(p.shape, p.expr if cfg.fit_expression else None, coarse.expr_start))
-        raw.update(L.light_terms(p.sh, out["irr_mean"]))
+        raw.update(L.light_terms(p.sh, out["irr_mean"], start.exposure))
         raw.update(texture.priors(sample, face_tex, model))
         weighted = L.weigh(raw, W)
         if n == 0:

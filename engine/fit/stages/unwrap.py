@@ -24,11 +24,14 @@ from ..texture import TextureModel
 class Unwrapped:
     texture: TextureModel       # starts at the de-lit photo
     sh: torch.Tensor            # (1, 9, 3) the least-squares lighting
+    exposure: float             # its mean irradiance over the skin (1 unless underexposed)
     uvr: uvspace.UVRaster       # the atlas raster at the fine stage's texture size
 
 
 def run(ctx, model, cfg, p: FitParams, crop: Crop,
-        texture_factory: Callable[[torch.Tensor], TextureModel], device) -> Unwrapped:
+        texture_factory: Callable[[torch.Tensor], TextureModel], device, exposure: float = 1.0) -> Unwrapped:
+    """``exposure``: the photo's exposure (``lighting.exposure_from_white_point``), carried by
+    the light."""
     uc = cfg.unwrap
     uvr = uvspace.uv_raster(ctx, model, min(cfg.texture_res, uc.max_res))
     with torch.no_grad():
@@ -40,8 +43,10 @@ def run(ctx, model, cfg, p: FitParams, crop: Crop,
         narrow = uvspace.narrow_texels(uvr, model)
         conf = conf * narrow
         sh = solve_lighting(colour_lin, nrm, conf * narrow, uc.lighting)
-        base = (colour_lin / shading(nrm, sh).clamp_min(uc.shade_floor)).clamp(0, 1)
+        if exposure != 1.0:
+            sh = sh * exposure
+        base = (colour_lin / shading(nrm, sh).clamp_min(uc.shade_floor * exposure)).clamp(0, 1)
         base = uvspace.pull_push(base, (conf > uc.fill_min_conf).float() * conf.clamp(0, 1))
     texture = texture_factory(base.detach())
     texture.to(device)
-    return Unwrapped(texture, sh, uvr)
+    return Unwrapped(texture, sh, exposure, uvr)
