@@ -243,9 +243,10 @@ def test_short_fit_lowers_the_total_loss(short_fit):
     assert out.metrics["landmark_error_iod"] < 0.1
 
 
-def test_same_seed_same_fit_on_one_thread(short_fit):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_seed_same_fit(short_fit, threads):
     old = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         a, b = short_fit(), short_fit()
     finally:
@@ -254,6 +255,37 @@ def test_same_seed_same_fit_on_one_thread(short_fit):
         assert torch.equal(getattr(a.state, k), getattr(b.state, k)), k
     assert torch.equal(a.albedo, b.albedo)
     assert a.metrics == b.metrics
+
+
+def test_recogniser_gradient_is_deterministic_with_threads():
+    from engine.errors import MissingModelError
+    from engine.fit.losses import identity_terms
+    from engine.perception.recognizer import load_recognizer
+    try:
+        rec = load_recognizer("dlib", device="cpu")
+    except MissingModelError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        x0 = torch.rand(1, 3, rec.input_size, rec.input_size)
+        with torch.no_grad():
+            ep, fp = rec.embed(torch.rand(1, 3, rec.input_size, rec.input_size))
+
+        def grad():
+            x = x0.clone().requires_grad_()
+            e, f = rec.embed(x)
+            t = identity_terms(e, ep, f, fp)
+            (t["identity"] + t["content"]).backward()
+            return x.grad
+
+        first = grad()
+        assert all(torch.equal(grad(), first) for _ in range(12))
+    finally:
+        torch.set_num_threads(old)
 
 
 def _darken(photo: np.ndarray, k: float) -> np.ndarray:
