@@ -4,7 +4,6 @@ Commands:
   fit PHOTO -o OUTDIR     fit the face model to one photo and write a result folder
   detect PHOTO            detect faces and landmarks (``--json`` for one JSON object)
   render-model -o PNG     render the neutral face and random identities/expressions
-  bench render|fit        benchmarks that print figures
   check                   self-check: versions, device, backends, models
 
 Exit codes and presets are defined once in ``contract.py`` (``--help`` prints the table;
@@ -85,7 +84,7 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--face-index", type=_whole(0), default=0,
                    help="which face when there are several, largest first (default 0)")
     p.add_argument("--seed", type=_whole(0, SEED_MAX), default=0,
-                   help="random seed, 0..2^32-1 (results are deterministic)")
+                   help="random seed, 0..2^32-1 (the same seed and --threads give the same result)")
     p.add_argument("--texture-res", type=int, choices=(256, 512, 1024, 2048),
                    help="albedo atlas size (default: from the preset)")
     p.add_argument("--neutral", action="store_true",
@@ -132,10 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size", type=int, default=320, help="tile size in pixels")
     r.add_argument("--seed", type=int, default=0)
 
-    b = sub.add_parser("bench", help="benchmarks (print figures)")
-    b.add_argument("what", choices=("render", "fit", "perception"))
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-
     c = sub.add_parser("check", help="self-check: versions, device, backends, models")
     c.add_argument("--json", action="store_true")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -158,15 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         render_model_sheet(args.output, size=args.size, seed=args.seed)
         print(args.output)
         return 0
-    if args.command == "bench":
-        if args.what == "render":
-            from .bench import main as bench_main
-            return bench_main(["render", *args.rest]) or 0
-        if args.what == "fit":
-            from .fit.bench import main as fit_bench
-            return fit_bench(args.rest) or 0
-        from .bench_perception import main as perc_main
-        return perc_main(args.rest) or 0
     if args.command == "check":
         from .check import run_check
         info = run_check(args.device)

@@ -9,7 +9,9 @@ irradiance 1: the render then equals the albedo. Normals are unit vectors in *ca
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Y_lm normalisation constants times the Lambertian band factors (pi, 2pi/3, pi/4), divided by
@@ -57,3 +59,73 @@ def shading(normals: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     B = coeffs.shape[0]
     basis = sh_basis(normals)  # (B,H,W,9)
     return torch.einsum("b...k,bkc->b...c", basis.reshape(B, -1, N_SH), coeffs).view(*normals.shape[:-1], 3)
+
+
+@dataclass(frozen=True)
+class LightFit:
+    """Settings of ``solve_lighting`` (robust SH least squares on the visible skin)."""
+
+    min_weight: float = 0.1      # texels seen worse than this are left out (grazing, half-hidden)
+    min_texels: int = 50         # fewer usable texels than this: no estimate, keep ambient light
+    ridge: float = 0.05          # band-1 ridge (x total weight): directional terms stay small
+    ridge_high: float = 0.3      # band-2 ridge: the light varies smoothly over the face
+    rounds: int = 4              # IRLS rounds; the outlier weights settle after 3-4
+    robust_scale: float = 3.0    # Cauchy scale = this x the median residual
+    clamp: tuple[float, float] = (-2.0, 3.0)  # a sane range for any coefficient of a mean-1 light
+
+
+def exposure_from_white_point(photo_srgb: np.ndarray, quantile: float = 0.999, full: float = 0.25,
+                               none: float = 0.5, white: float = 0.95) -> float:
+    """How much of the photo's brightness the *light* should carry: 1 for a normally exposed photo,
+    less for an underexposed one, so that a dark photo gives a dim light instead of a dark albedo.
+
+    The cue is the photo's white point, the ``quantile`` of its linear luminance: a normal photo has
+    something near white in it (the shared test photos: 0.53-1.0), a photo darkened by a factor k has
+    none above k. At or below ``full`` the exposure is the white point / ``white`` (fully undone);
+    at or above ``none`` it is 1 (nothing changes); linear in between.
+    """
+    x = photo_srgb.astype(np.float32) / 255.0
+    lin = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    p = float(np.quantile(lin @ np.array([0.2126, 0.7152, 0.0722], np.float32), quantile))
+    if p >= none:
+        return 1.0
+    low = max(full, 1e-3) / white          # the exposure at p == full
+    if p <= full:
+        return max(p, 1e-3) / white
+    return low + (1.0 - low) * (p - full) / (none - full)
+
+
+def solve_lighting(colour_lin: torch.Tensor, nrm: torch.Tensor, weight: torch.Tensor,
+                   fit: LightFit = LightFit()) -> torch.Tensor:
+    """Robust least squares for SH lighting on the visible skin (IRLS with Cauchy weights).
+
+    colour_lin: (1, T, T, 3) linear colours; nrm: (1, T, T, 3) unit camera-space normals; weight:
+    (1, T, T) >= 0 confidence of each sample. Returns (1, 9, 3) coefficients.
+
+    Model: colour = a * (B(n) @ c) with a per-channel skin albedo ``a``. The split between
+    albedo and light is ambiguous up to a scale per channel (and the constant term is nearly
+    collinear with the z term for a face seen from the front), so the light is normalised to a
+    mean irradiance of 1 over the skin it was fitted on, and a ridge keeps the directional
+    terms small: the albedo then carries the average skin colour and the light only the
+    shading's variation across the face.
+    """
+    sel = weight[0] > fit.min_weight
+    if sel.sum() < fit.min_texels:
+        return ambient_coeffs(1, colour_lin.device)
+    Bm = sh_basis(nrm[0][sel])            # (N, 9)
+    C = colour_lin[0][sel]                # (N, 3)
+    w = weight[0][sel]
+    M = torch.zeros(N_SH, 3, device=C.device)
+    reg = torch.full((N_SH,), fit.ridge, device=C.device)
+    reg[0] = 0.0                          # the ambient term is free
+    reg[4:] = fit.ridge_high
+    for _ in range(fit.rounds):
+        sw = w.sqrt()[:, None]
+        A = Bm * sw
+        M = torch.linalg.solve(A.T @ A + torch.diag(reg) * w.sum(), A.T @ (C * sw))
+        r = (Bm @ M - C).abs().mean(-1)
+        scale = r.median().clamp_min(1e-4) * fit.robust_scale
+        w = weight[0][sel] * (1 / (1 + (r / scale) ** 2))  # down-weight brows, eyes, hair, lips
+    mean_irr = (Bm @ M * w[:, None]).sum(0) / w.sum()   # per channel = the skin albedo
+    sh = M / mean_irr.clamp_min(1e-4)
+    return sh.clamp(*fit.clamp)[None]

@@ -7,13 +7,13 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from . import render
-from .camera import Intrinsics, rotation_matrix, to_camera, to_clip
-from .lighting import ambient_coeffs, shading
-from .models.facemodel import load_face_model, vertex_normals
+from .camera import Intrinsics
+from .lighting import ambient_coeffs
+from .models.facemodel import load_face_model
+from .render.forward import face_geometry, render_face
 
 
 def render_faces(model, shapes: torch.Tensor, exprs: torch.Tensor, yaws: list[float], size: int,
@@ -21,33 +21,22 @@ def render_faces(model, shapes: torch.Tensor, exprs: torch.Tensor, yaws: list[fl
     """Render B faces (grey albedo, a key light from the upper left) -> (B, size, size, 3) uint8."""
     ctx = ctx or render.create_context("cpu")
     B = shapes.shape[0]
-    verts = model(shapes, exprs, part="all")
     rot = torch.tensor([[0.0, math.radians(y), 0.0] for y in yaws])
     K = Intrinsics.from_focal(size * 3.2, size, size)
     t = torch.tensor([[0.0, 1.5, -95.0]]).expand(B, 3)
-    cam = to_camera(verts, rotation_matrix(rot), t)
-    nrm = vertex_normals(cam, model.tris)
-    clip = to_clip(cam, K, 5.0, 1000.0).contiguous()
-    rast, _ = render.rasterize(ctx, clip, model.tris, (size, size), grad_db=False)
-    n_px, _ = render.interpolate(nrm, rast, model.tris)
-    n_px = F.normalize(n_px, dim=-1, eps=1e-9)
+    geom = face_geometry(model, shapes, exprs, rot, t, part="all")
     sh = ambient_coeffs(B) * 0.75
     sh[:, 1] = 0.25   # from above (+y)
     sh[:, 2] = 0.35   # from the front (+z)
     sh[:, 3] = -0.2   # from the image left
-    region = model.vertex_region.float()[None, :, None].expand(B, -1, 1)
-    reg_px, _ = render.interpolate(region.contiguous(), rast, model.tris)
-    albedo = torch.tensor([0.62, 0.47, 0.40]).expand_as(n_px).clone()
-    eyes = (reg_px[..., 0] >= 6.5)
-    albedo[eyes] = torch.tensor([0.8, 0.8, 0.78])
-    iris = ((reg_px[..., 0] - 8).abs() < 0.5) | ((reg_px[..., 0] - 10).abs() < 0.5)
-    albedo[iris] = torch.tensor([0.25, 0.16, 0.1])
-    col = (albedo * shading(n_px, sh)).clamp(0, 1) ** (1 / 2.2)
-    mask = (rast[..., 3:4] > 0).float()
-    bg = torch.tensor([0.16, 0.17, 0.2])
-    img = col * mask + bg * (1 - mask)
-    img = render.antialias(img.contiguous(), rast, clip, model.tris)
-    return (img.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    # Flat colours per vertex region: skin, white eyeballs, brown irises.
+    region = model.vertex_region
+    albedo = torch.tensor([0.62, 0.47, 0.40]).expand(len(region), 3).clone()
+    albedo[region >= 7] = torch.tensor([0.8, 0.8, 0.78])
+    albedo[(region == 8) | (region == 10)] = torch.tensor([0.25, 0.16, 0.1])
+    out = render_face(ctx, geom, K, (size, size), sh, vertex_albedo=albedo[None].expand(B, -1, -1),
+                      background=torch.tensor([0.16, 0.17, 0.2]), grad_db=False)
+    return (out["image"].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def render_model_sheet(path: str, size: int = 320, seed: int = 0) -> None:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{photo.name:34s} lmk/iod {f(m.get('landmark_error_iod'))}  id cos {f(m.get('identity_cosine_init'))}"
               f" -> {f(m.get('identity_cosine'))}  L1 {f(m.get('masked_l1'))}  total {t['total']:5.1f} s "
               f"(load {t.get('load', 0):.1f}, detect {t.get('detect', 0):.1f}, coarse {t.get('coarse', 0):.1f}, "
-              f"unwrap {t.get('unwrap', 0):.1f}, fine {t.get('fine', 0):.1f}, albedo {t.get('final_albedo', 0):.1f}, "
+              f"unwrap {t.get('unwrap', 0):.1f}, fine {t.get('fine', 0):.1f}, albedo {t.get('albedo', t.get('final_albedo', 0)):.1f}, "
               f"write {t.get('write', 0):.1f})  process {wall:5.1f} s  RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     ok = [r for r in rows if r.get("exit") == 0]
     if ok:

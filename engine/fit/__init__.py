@@ -1,1 +1,1 @@
-"""The fit: GANFit-style analysis-by-synthesis of one photo (see ``fitter.py``)."""
+"""The fit: GANFit-style analysis-by-synthesis of one photo (see ``pipeline.py``)."""

@@ -1,18 +1,25 @@
-"""All weights, learning rates and schedules of the fit, in one place.
+"""Every weight, learning rate, schedule and constant of the fit, in one place.
 
-Stages (``fitter.py``):
-  1. coarse: pose from landmarks (weak-perspective PnP), then landmarks + shape/expression priors.
-  2. unwrap: lighting by least squares on the visible skin, then the photo unwrapped into the atlas
-     and de-lit (the texture's starting point).
-  3. fine: every term - identity, content, pixel (also fits lighting), landmark and the priors - on
-     shape, expression, pose, lighting and texture together.
+The pipeline (``pipeline.py``, one module per stage in ``stages/``):
+  1. detect: the face and its landmarks; a square crop around them (``CropConfig``).
+  2. coarse: pose from landmarks (weak-perspective PnP), then landmarks + shape/expression priors
+     (``CoarseConfig``).
+  3. unwrap: lighting by robust least squares on the visible skin, then the photo unwrapped into
+     the atlas and de-lit: the texture's starting point (``UnwrapConfig``).
+  4. fine: every term - identity, content, pixel (also fits lighting), landmark and the priors -
+     on shape, expression, pose, lighting and texture together (``FineConfig``).
+  5. albedo: the photo unwrapped again at full resolution on the final geometry, de-lit and
+     completed (``AlbedoConfig``).
+  6. write: the result folder (``results.py``).
 Loss weights multiply terms that are each normalised to be O(1) at the start of a typical fit.
-A term with weight 0 is not computed.
+A term with weight 0 is left out (``losses.weigh``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+
+from ..lighting import LightFit
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,10 @@ class Weights:
     tex_symmetry: float = 0.05     # left/right symmetry of the face albedo
     tex_smooth: float = 0.02       # total variation of the albedo residual
     light_prior: float = 1e-3      # higher-order SH small relative to ambient
-    pose_prior: float = 0.0
+    # Albedo x light is only known up to a scale: keep the light's mean irradiance over the face
+    # at 1 (as the least-squares start has it), so that the albedo keeps the skin's colour. 0.1:
+    # strong enough that the level drifts < 2% over a fit, weak next to the pixel term.
+    light_level: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -43,19 +53,80 @@ class Rates:
 
 
 @dataclass(frozen=True)
+class CropConfig:
+    """The square crop the coarse and fine stages see (detect stage)."""
+
+    scale: float = 1.9             # crop side / landmark box side: the whole head with some margin
+    headroom: float = 0.05         # crop centre moved up by this x side: the forehead has no landmarks
+    outline_shrink: float = 0.97   # the detector's face outline shrunk toward its centre by this,
+                                   # so that the outline's own error does not let background in
+
+
+@dataclass(frozen=True)
+class CoarseConfig:
+    # The first 1/pose_only_divisor of the steps move only the pose: the PnP start can be a few
+    # degrees off, and shape would otherwise absorb the pose error.
+    pose_only_divisor: int = 4
+    report_every: int = 5          # progress messages every this many steps (a step is ~2 ms)
+
+
+@dataclass(frozen=True)
+class UnwrapConfig:
+    # The fine stage's texture atlas is at most this many texels a side: the fine render is
+    # 224-320 px, so a larger atlas only slows the texture sampling and its priors.
+    max_res: int = 512
+    shade_floor: float = 0.3       # de-lighting divides by at least this (no blow-up in shadow)
+    fill_min_conf: float = 0.02    # texels seen worse than this are filled from their neighbours
+    lighting: LightFit = field(default_factory=LightFit)
+    # Exposure from the photo's white point (``lighting.exposure_from_white_point``): the light,
+    # not the albedo, absorbs an underexposed photo's darkness. Below a white point of 0.25 it is
+    # undone fully, from 0.5 up (every normally exposed photo we tried: 0.53-1.0) not at all.
+    exposure_full: float = 0.25
+    exposure_none: float = 0.5
+
+
+@dataclass(frozen=True)
+class FineConfig:
+    # Pose rates are this x ``Rates``: after the coarse stage the pose only needs small
+    # corrections, and a large pose step makes the pixel term jump between steps.
+    pose_rate_scale: float = 0.3
+    # Pixels whose normal is within ``grazing_lo`` (cosine) of the silhouette mix face and
+    # background: their pixel-loss weight ramps from 0 at cos = grazing_lo to 1 at lo + width.
+    grazing_lo: float = 0.2
+    grazing_width: float = 0.3
+    report_every: int = 2          # progress messages every this many steps
+
+
+@dataclass(frozen=True)
+class AlbedoConfig:
+    # The photo around the face is resampled to its native size, within these bounds: native for
+    # full detail, at most 2048 (memory) and at least 64 (tiny faces still give a usable atlas).
+    photo_res_min: int = 64
+    photo_res_max: int = 2048
+    depth_res: int = 512           # visibility depth map size; finer gives no better occlusion
+    shade_floor: float = 0.3       # as UnwrapConfig.shade_floor
+    # Photo vs fitted albedo blend: a texel takes the de-lit photo fully from confidence 1/3 on.
+    conf_gain: float = 3.0
+
+
+@dataclass(frozen=True)
 class FitConfig:
     preset: str = "balanced"
     render_res: int = 224          # fine-stage square crop, pixels
     texture_res: int = 1024        # albedo atlas
     coarse_steps: int = 150
     fine_steps: int = 80
-    crop_scale: float = 1.9        # crop side / landmark box side
     identity: bool = True          # identity + content losses (needs the recogniser)
     fit_expression: bool = True
     weights: Weights = field(default_factory=Weights)
     rates: Rates = field(default_factory=Rates)
     coarse_rates: Rates = field(default_factory=lambda: Rates(rotation=0.02, translation=0.5,
                                                                   shape=0.1, expression=0.04))
+    crop: CropConfig = field(default_factory=CropConfig)
+    coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    unwrap: UnwrapConfig = field(default_factory=UnwrapConfig)
+    fine: FineConfig = field(default_factory=FineConfig)
+    albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
     preview_count: int = 4         # previews per run with --json-progress
     seed: int = 0
 

@@ -1,9 +1,22 @@
-"""Loss terms of the fit. Each is a pure function returning a scalar tensor; ``fitter.py`` weights
-them (config.Weights) and reports every weighted term by name in the progress stream."""
+"""Loss terms of the fit.
+
+The building blocks are pure functions returning a scalar tensor. The stages call the grouped
+functions below (``landmark_terms``, ``prior_terms``, ``photo_terms``, ``light_terms``; the
+texture model adds its own with ``TextureModel.priors``), each returning *unweighted* named terms
+(``dict[str, Tensor]``); ``weigh`` is the one place where the weights (``config.Weights``, one
+field per term name) are applied, and it drops a term whose weight is 0. The weighted dict is what
+the progress stream reports (``progress.losses``) and ``total`` sums it.
+
+The recogniser's identity and content terms are defined once, in ``perception/recognizer.py``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from ..perception.recognizer import content_loss, identity_loss
 
 # iBUG-68 groups.
 JAW = list(range(0, 17))
@@ -60,28 +73,12 @@ def masked_l1(render: torch.Tensor, photo: torch.Tensor, mask: torch.Tensor) -> 
     return (diff * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def identity_loss(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
-    """1 - cosine similarity of embeddings (B, D)."""
-    return (1 - torch.nn.functional.cosine_similarity(emb_a, emb_b, dim=-1)).mean()
-
-
-def content_loss(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
-    """Mean over layers of ||a - b||^2 / (||b||^2 + eps) (0 for identical activations)."""
-    terms = [((a - b) ** 2).flatten(1).sum(1) / ((b ** 2).flatten(1).sum(1) + 1e-6)
-             for a, b in zip(feats_a, feats_b)]
-    return torch.stack([t.mean() for t in terms]).mean() if terms else torch.zeros(())
-
-
 def shape_prior(p_s: torch.Tensor) -> torch.Tensor:
     return (p_s ** 2).mean()
 
 
-def expression_prior(p_e: torch.Tensor, p_e_init: torch.Tensor | None = None,
-                     init_weight: float = 0.0) -> torch.Tensor:
-    loss = p_e.abs().mean()
-    if p_e_init is not None and init_weight > 0:
-        loss = loss + init_weight * ((p_e - p_e_init) ** 2).mean()
-    return loss
+def expression_prior(p_e: torch.Tensor) -> torch.Tensor:
+    return p_e.abs().mean()
 
 
 def light_prior(sh: torch.Tensor) -> torch.Tensor:
@@ -98,3 +95,79 @@ def total_variation(img: torch.Tensor, mask: torch.Tensor | None = None) -> torc
     mx = (mask[:, :, 1:] * mask[:, :, :-1])[..., None]
     my = (mask[:, 1:] * mask[:, :-1])[..., None]
     return (dx * mx).sum() / mx.sum().clamp_min(1) / img.shape[-1] + (dy * my).sum() / my.sum().clamp_min(1) / img.shape[-1]
+
+
+# ------------------------------------------------------------------------------------ groups
+@dataclass
+class LandmarkTargets:
+    """The detector's landmarks as the fit uses them, in crop pixels (made by the detect stage)."""
+
+    det: torch.Tensor                  # (1, 68, 2) iBUG landmarks
+    iod: float                         # inter-ocular distance (outer eye corners), pixels
+    inner_idx: torch.Tensor            # (51,) model vertices of the inner (non-jaw) landmarks
+    jaw_idx: torch.Tensor              # (35,) the model's jawline polyline, right to left
+    dense: torch.Tensor | None = None  # (1, N, 2) the detector's dense landmarks, or None
+    tri_v: torch.Tensor | None = None  # (N, 3) model vertices of each dense point's triangle
+    bary: torch.Tensor | None = None   # (N, 3) barycentric coordinates in it
+    weights: torch.Tensor | None = None  # (N,) per-point weights
+
+
+def landmark_terms(p2: torch.Tensor, t: LandmarkTargets, remap: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``landmark`` (dense points when the detector gave them, else the 51 inner iBUG points) and
+    ``contour`` (detected jaw points to the projected jawline) from projected vertices ``p2``
+    (B, n, 2). ``remap`` maps model vertex ids to rows of ``p2`` (None: p2 holds every fitted vertex)."""
+    r = (lambda i: i) if remap is None else (lambda i: remap[i])
+    if t.dense is not None:
+        pts = (p2[:, r(t.tri_v)] * t.bary[None, :, :, None]).sum(2)
+        landmark = landmark_loss(pts, t.dense, t.iod, t.weights)
+    else:
+        landmark = landmark_loss(p2[:, r(t.inner_idx)], t.det[:, INNER], t.iod)
+    contour = contour_loss(p2[:, r(t.jaw_idx)], t.det[:, JAW], t.iod)
+    return {"landmark": landmark, "contour": contour}
+
+
+def prior_terms(shape: torch.Tensor, expr: torch.Tensor | None = None,
+                expr_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``shape_prior`` and, when the expression is fitted (``expr`` not None), ``expr_prior``
+    (sparse expressions) and ``expr_init`` (stay near the detector's blendshape scores)."""
+    terms = {"shape_prior": shape_prior(shape)}
+    if expr is not None:
+        terms["expr_prior"] = expression_prior(expr)
+        if expr_start is not None:
+            terms["expr_init"] = ((expr - expr_start) ** 2).mean()
+    return terms
+
+
+def photo_terms(colour: torch.Tensor, photo: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``pixel``: masked L1 of the render against the photo (both sRGB)."""
+    return {"pixel": masked_l1(colour, photo, mask)}
+
+
+def identity_terms(emb: torch.Tensor, emb_photo: torch.Tensor, feats: list[torch.Tensor],
+                   feats_photo: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``identity`` (1 - cosine of the recogniser's embeddings of render and photo) and
+    ``content`` (normalised distance of its activations, relative to the photo's)."""
+    return {"identity": identity_loss(emb_photo, emb).mean(),
+            "content": content_loss(feats_photo, feats).mean()}
+
+
+def light_terms(sh: torch.Tensor, irr_mean: torch.Tensor, level: float = 1.0) -> dict[str, torch.Tensor]:
+    """``light_prior`` (SH small beyond ambient) and ``light_level`` (the mean irradiance over the
+    face kept at ``level``: 1, or the exposure of an underexposed photo; see
+    ``config.Weights.light_level``)."""
+    return {"light_prior": light_prior(sh / level),
+            "light_level": ((irr_mean - level) ** 2).mean() / (level * level)}
+
+
+def weigh(terms: dict[str, torch.Tensor], weights) -> dict[str, torch.Tensor]:
+    """The one place weights are applied: ``weights.<name> * term``; weight-0 terms are dropped."""
+    out = {}
+    for name, value in terms.items():
+        w = getattr(weights, name)
+        if w != 0:
+            out[name] = w * value
+    return out
+
+
+def total(weighted: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(weighted.values())

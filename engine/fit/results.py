@@ -16,7 +16,9 @@ from ..camera import rotation_matrix, world_to_camera_matrix
 from ..contract import OBJ_MATERIAL as MATERIAL
 from ..contract import RESULT_SCHEMA
 from ..models.facemodel import FaceModel
-from .fitter import FitOutput, linear_to_srgb, render_full
+from ..render.colour import linear_to_srgb
+from ..render.forward import render_full
+from .stages.albedo import FitOutput
 
 SCHEMA = RESULT_SCHEMA  # engine/io/output.py checks it before --overwrite replaces a folder
 

@@ -5,7 +5,7 @@ layout: row 0 is v = 0 (the *bottom* of the OBJ atlas; PNG writers flip it).
 
 * ``TexelTexture`` (default, offline): a per-texel albedo, optimised as a Laplacian-style pyramid
   (coarse levels move large areas quickly, fine levels add detail) on top of a fixed base image
-  (the de-lit photo unwrap, see ``uvspace.py``). Its priors live in ``losses.texture_priors``.
+  (the de-lit photo unwrap, see ``uvspace.py``).
 * ``GeneratorTexture`` (GANFit proper): any torch generator that maps a latent to a UV texture in
   our atlas layout, loaded from a TorchScript checkpoint (format below); p_t is the latent.
 
@@ -18,19 +18,39 @@ Generator checkpoint format (version 1): a TorchScript file made with ``torch.ji
 
 The module takes a (B, latent_dim) latent and returns (B, 3, H, W) with row 0 = the TOP of the atlas
 (image convention, v = 1). ``save_generator`` writes one from any scriptable module.
+
+The interface the fit uses (the fine stage never asks which kind it has):
+
+* ``sample() -> TextureSample``: the albedo for this step, with whatever the priors need;
+* ``priors(sample, face_mask, model) -> dict[str, Tensor]``: its own unweighted regularisers,
+  named after ``config.Weights`` fields (``losses.weigh`` weights them);
+* ``param_groups(lr)``: its optimiser groups;
+* ``final_albedo(fitted, delit, conf, uvr, model, conf_gain)``: the full-resolution atlas from its
+  fitted albedo and the de-lit photo unwrap (the albedo stage).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import MissingModelError
+from . import uvspace
+from .losses import total_variation
 
 GENERATOR_FORMAT = "ganfit-texture-generator"
+
+
+@dataclass
+class TextureSample:
+    """One evaluation of a texture model: the albedo and what its priors reuse."""
+
+    albedo: torch.Tensor                    # (1, T, T, 3) linear, renderer layout
+    residual: torch.Tensor | None = None    # texel textures: (1, 3, T, T) offset from the base
 
 
 class TextureModel(torch.nn.Module):
@@ -39,12 +59,27 @@ class TextureModel(torch.nn.Module):
     def forward(self) -> torch.Tensor:  # (1, T, T, 3) in [0, 1]
         raise NotImplementedError
 
+    def sample(self) -> TextureSample:
+        return TextureSample(self())
+
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def prior(self) -> torch.Tensor:
-        """Regulariser on p_t itself (0 for texel textures; their priors act on the albedo)."""
+        """Regulariser on p_t itself (0 unless a kind defines one)."""
         return torch.zeros((), device=next(self.buffers(), torch.zeros(())).device)
+
+    def priors(self, sample: TextureSample, face_mask: torch.Tensor, model) -> dict[str, torch.Tensor]:
+        """Unweighted regularisers by ``config.Weights`` name. ``face_mask``: (1, T, T) 1 on the
+        fitted face's texels."""
+        return {"tex_prior": self.prior()}
+
+    def final_albedo(self, fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor,
+                     uvr: uvspace.UVRaster, model, conf_gain: float) -> torch.Tensor:
+        """The completed full-resolution atlas. Default: the model's own albedo, completed without
+        the photo (a learned model's texture is trusted as it is)."""
+        face = ((uvr.tri_id >= 0) & (uvr.tri_id < model.fit_tri_count))[None].float()
+        return uvspace.complete_albedo(fitted, face, uvr, model, symmetric=False)
 
 
 class TexelTexture(TextureModel):
@@ -80,10 +115,31 @@ class TexelTexture(TextureModel):
     def forward(self) -> torch.Tensor:
         return self.albedo_from(self.residual())
 
+    def sample(self) -> TextureSample:
+        res = self.residual()  # one residual per step serves the render and the priors
+        return TextureSample(self.albedo_from(res), res)
+
     def param_groups(self, lr: float) -> list[dict]:
         # Adam moves every texel of every level by about ``lr`` per step whatever its gradient,
         # and the levels add up: split the step between them.
         return [{"params": [lv], "lr": lr / len(self.levels)} for lv in self.levels]
+
+    def priors(self, sample: TextureSample, face_mask: torch.Tensor, model) -> dict[str, torch.Tensor]:
+        """``tex_prior`` (small offset from the de-lit photo), ``tex_smooth`` (total variation of
+        the offset) and ``tex_symmetry`` (left/right symmetry of the face albedo)."""
+        res = sample.residual.permute(0, 2, 3, 1)
+        m = face_mask[..., None]
+        alb = sample.albedo
+        return {"tex_prior": (res ** 2 * m).mean(),
+                "tex_smooth": total_variation(res, face_mask),
+                "tex_symmetry": ((alb - uvspace.mirror_face(alb, model)).abs() * m).mean()}
+
+    def final_albedo(self, fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor,
+                     uvr: uvspace.UVRaster, model, conf_gain: float) -> torch.Tensor:
+        """The de-lit photo where it is seen well (fully from confidence 1/conf_gain on), the
+        fitted albedo elsewhere, completed by symmetry, neighbours and skin tone."""
+        c = (conf * conf_gain).clamp(0, 1)[..., None]
+        return uvspace.complete_albedo(delit * c + fitted * (1 - c), conf, uvr, model)
 
 
 class GeneratorTexture(TextureModel):
@@ -91,8 +147,7 @@ class GeneratorTexture(TextureModel):
 
     name = "generator"
 
-    def __init__(self, generator: torch.nn.Module, meta: dict, resolution: int | None = None,
-                 seed: int = 0):
+    def __init__(self, generator: torch.nn.Module, meta: dict, resolution: int | None = None):
         super().__init__()
         self.generator = generator.eval()
         for p in self.generator.parameters():

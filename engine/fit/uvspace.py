@@ -112,6 +112,21 @@ def unwrap(photo: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: Int
     return colour, conf
 
 
+def narrow_texels(uvr: UVRaster, model) -> torch.Tensor:
+    """(1, T, T) 1 on texels of the narrow face (no ears, neck or scalp), for the lighting fit and
+    the photo's share of the final albedo."""
+    nf = model.fit_tri_count
+    tid = uvr.tri_id
+    ok = (tid >= 0) & (tid < nf)
+    tri = model.fit_tris[tid.clamp(0, nf - 1)].long()
+    narrow = ((tri < model.n_narrow_vertices).all(-1) & ok)[None].float()
+    # Fade out over ~1.5% of the atlas toward the border, so that the photo's colours blend
+    # into the completed texture instead of ending at a hard line.
+    k = max(3, (uvr.res // 64) | 1)
+    soft = F.avg_pool2d(narrow[:, None], k, stride=1, padding=k // 2, count_include_pad=True)[:, 0]
+    return narrow * ((soft - 0.5) * 2).clamp(0, 1)
+
+
 def pull_push(img: torch.Tensor, weight: torch.Tensor, levels: int = 16) -> torch.Tensor:
     """Fill texels of zero weight from weighted neighbours at ever coarser scales (Gortler et al.'s
     pull-push: a coarse cell's weight is the *sum* of its children's, capped at 1, so a hole takes

@@ -89,7 +89,7 @@ class FaceModel(torch.nn.Module):
             self.register_buffer(key, torch.from_numpy(d[key].astype(np.int32)), persistent=False)
         self.register_buffer("uvs", torch.from_numpy(d["uvs"].copy()), persistent=False)
         for key in ("landmarks68", "jawline_left_extended", "jawline_right_extended",
-                    "vertex_mirror", "fitting_vertex_indices"):
+                    "vertex_mirror"):
             self.register_buffer(key, torch.from_numpy(d[key].astype(np.int64)), persistent=False)
         self.register_buffer("vertex_region", torch.from_numpy(d["vertex_region"].astype(np.int64)),
                              persistent=False)
@@ -155,10 +155,11 @@ def vertex_normals(verts: torch.Tensor, tris: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, V, 3) unit normals (outward for ICT's counter-clockwise winding).
     """
-    t = tris.long()
-    v0, v1, v2 = verts[:, t[:, 0]], verts[:, t[:, 1]], verts[:, t[:, 2]]
+    from ..render.detops import gather_rows, row_plan, scatter_rows
+    T = tris.shape[0]
+    # Corners in (corner, triangle) order; gathered and scattered deterministically (detops.py).
+    plan = row_plan(tris.long().T.reshape(-1), verts.shape[1])
+    v0, v1, v2 = gather_rows(verts, plan).view(verts.shape[0], 3, T, 3).unbind(1)
     fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
-    n = torch.zeros_like(verts)
-    for k in range(3):
-        n = n.index_add(1, t[:, k], fn)
+    n = scatter_rows(fn.repeat(1, 3, 1), plan)
     return torch.nn.functional.normalize(n, dim=-1, eps=1e-12)

@@ -298,9 +298,25 @@ def _add_zero_fill(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         c, h, w = t.shape[1:]
         if (c, h, w) == tuple(shape):
             return t
-        return F.pad(t, (0, shape[2] - w, 0, shape[1] - h, 0, shape[0] - c))
+        return _ZeroPad.apply(t, (0, shape[2] - w, 0, shape[1] - h, 0, shape[0] - c))
 
     return grow(a) + grow(b)
+
+
+class _ZeroPad(torch.autograd.Function):
+    """F.pad whose backward hands on a *contiguous* gradient: F.pad's own is a strided slice, and
+    the convolution before it then computed its input gradient in a thread-dependent order
+    (run-to-run differences in the last bits with 2 threads, amplified by a fit)."""
+
+    @staticmethod
+    def forward(ctx, t, pad):  # noqa: D102
+        ctx.shape = t.shape
+        return F.pad(t, pad)
+
+    @staticmethod
+    def backward(ctx, g):
+        c, h, w = ctx.shape[1:]
+        return g[:, :c, :h, :w].contiguous(), None
 
 
 def _conv(layer: DlibLayer) -> nn.Conv2d:
@@ -338,12 +354,30 @@ class ResBlock(nn.Module):
             self.pool_padding = tuple(pool.attrs["padding"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.aff1(self.conv1(x)))
-        y = self.aff2(self.conv2(y))
+        y = F.relu(self.aff1(_conv2d(self.conv1, x)))
+        y = self.aff2(_conv2d(self.conv2, y))
         if self.down:
             x = F.avg_pool2d(x, self.pool_window, self.pool_stride, self.pool_padding,
                              count_include_pad=False)
         return F.relu(_add_zero_fill(y, x))
+
+
+# On maps this small, torch's CPU convolution computed its input gradient in a thread-dependent
+# order (the last blocks' 4x4 -> 1x1 convolutions: the same fit differed in the last bits run to
+# run with 2 threads); as im2col + matmul it is deterministic, and at these sizes as fast.
+_SMALL_MAP = 64
+
+
+def _conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    if H * W > _SMALL_MAP:
+        return conv(x)
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))      # (B, C*kh*kw, L)
+    out = conv.weight.reshape(conv.out_channels, -1) @ cols               # (B, O, L)
+    if conv.bias is not None:
+        out = out + conv.bias[:, None]
+    return out.view(B, conv.out_channels, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
 
 
 def _match(layers: list[DlibLayer], i: int, kinds: tuple[str, ...]) -> bool:

@@ -1,9 +1,12 @@
-"""Numba kernels of the CPU renderer: the visibility pass and the antialias edge search.
+"""Numba kernels of the CPU renderer.
 
-These kernels make only discrete decisions (which triangle covers a pixel, which pixel pairs
-straddle a silhouette edge). Every value that carries a gradient is recomputed in torch from
-``pos`` afterwards (see ``cpu.py``), so autograd gives exact gradients and the kernels need no
-backward pass.
+* Discrete passes with no gradient: the visibility pass (``raster_ids``: which triangle covers a
+  pixel) and the antialias edge search (``aa_pairs``: which pixel pairs straddle a silhouette).
+* Per-pixel forward kernels of the differentiable values and their hand-written backward
+  kernels, the exact analytic derivatives (``cpu.py`` wraps each pair in a
+  ``torch.autograd.Function``; the tests gradcheck them): rasterize (``rast_bwd``), interpolate
+  (``interp_fwd``/``interp_bwd``), texture (``tex_fwd``/``tex_bwd``) and ``rast_db_fwd`` (whose
+  backward is torch autograd on a re-derivation, ``cpu._rast_db_torch``).
 
 Conventions (the same as nvdiffrast): pixel (row i, col j) samples the clip-space point
 ``x = (2j+1)/W - 1``, ``y = (2i+1)/H - 1``. Coverage uses homogeneous 2D rasterization: for a

@@ -67,7 +67,7 @@ def test_fit_writes_the_documented_result_folder(fitted):
     assert r["camera"]["width"] == W and np.array(r["camera"]["world_to_camera"]).shape == (4, 4)
     assert len(r["expression"]["names"]) == 53 and len(r["expression"]["weights"]) == 53
     assert len(r["landmarks"]["detected68"]) == 68 and len(r["landmarks"]["projected68"]) == 68
-    for key in ("coarse", "fine", "write", "total"):
+    for key in ("coarse", "unwrap", "fine", "albedo", "write", "total"):
         assert r["timings"][key] >= 0
     assert r["peak_rss_mb"] > 0
     assert 0 <= r["metrics"]["landmark_error_iod"] < 0.2
@@ -101,7 +101,7 @@ def test_progress_stream_parses_line_by_line(fitted):
     assert types[-1] == "result" and types.count("result") == 1 and "error" not in types
     assert msgs[-1]["dir"] == str(out)
     stages = [m["name"] for m in msgs if m["type"] == "stage"]
-    assert stages == ["load", "detect", "coarse", "fine", "write"]
+    assert stages == ["load", "detect", "coarse", "unwrap", "fine", "albedo", "write"]
     prog = [m for m in msgs if m["type"] == "progress"]
     assert prog and all(0 <= m["fraction"] <= 1 for m in prog)
     assert any("landmark" in m["losses"] for m in prog)

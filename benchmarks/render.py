@@ -1,4 +1,4 @@
-"""Benchmarks. ``python -m engine.bench render [--json] [--threads N] [--repeats N]``.
+"""Benchmarks. ``python benchmarks/render.py [--json] [--threads N] [--repeats N]``.
 
 ``bench_render`` times forward + backward of rasterize -> interpolate (UVs) -> texture ->
 antialias -> a mean-squared loss, for the fitted face mesh (about 9.4k vertices, 18.4k
@@ -15,6 +15,11 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as ``python benchmarks/render.py`` from a checkout
+    sys.path.insert(0, str(ROOT))
 
 
 def bench_render(sizes: tuple[int, ...] = (256, 512), repeats: int = 20,
@@ -102,9 +107,9 @@ def bench_render(sizes: tuple[int, ...] = (256, 512), repeats: int = 20,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.bench")
-    sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("render", help="time the differentiable renderer (forward+backward)")
+    parser = argparse.ArgumentParser(prog="python benchmarks/render.py")
+    parser.description = "time the differentiable renderer (forward+backward)"
+    p = parser
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=20)

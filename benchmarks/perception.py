@@ -1,4 +1,4 @@
-"""``python -m engine bench perception [PHOTO...] [--json]``: detection + landmarks time per photo
+"""``python benchmarks/perception.py [PHOTO...] [--json]``: detection + landmarks time per photo
 (landmarker created once, as in a fit) and the recogniser's forward+backward time at its input size.
 Without photos it uses the bundled demo photo."""
 
@@ -7,14 +7,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parent / "data" / "demo" / "grace_hopper.jpg"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as ``python benchmarks/<name>.py`` from a checkout
+    sys.path.insert(0, str(ROOT))
+DEMO = ROOT / "engine" / "data" / "demo" / "grace_hopper.jpg"
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine bench perception")
+    ap = argparse.ArgumentParser(prog="python benchmarks/perception.py")
     ap.add_argument("photos", nargs="*", type=Path)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
@@ -22,10 +26,10 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    from .errors import EngineError
-    from .io.image import load_photo
-    from .perception.landmarks import MediaPipeFaceLandmarker
-    from .perception.recognizer import load_recognizer
+    from engine.errors import EngineError
+    from engine.io.image import load_photo
+    from engine.perception.landmarks import MediaPipeFaceLandmarker
+    from engine.perception.recognizer import load_recognizer
 
     torch.set_num_threads(a.threads)
     out: dict = {"threads": a.threads, "photos": {}}
@@ -63,3 +67,7 @@ def main(argv: list[str]) -> int:
         for k, v in out.items():
             print(f"{k:>20}: {v}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""``python -m engine bench fit [PHOTO] [--presets fast,balanced] [--json]``: wall time of whole
+"""``python benchmarks/fit.py [PHOTO] [--presets fast,balanced] [--json]``: wall time of whole
 fits (process start, model loading and writing included) and peak memory, each in a fresh process.
 Without PHOTO it fits the bundled demo photo resized to 1024 px on its long side."""
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "engine" / "data" / "demo" / "grace_hopper.jpg"
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine bench fit")
+    ap = argparse.ArgumentParser(prog="python benchmarks/fit.py")
     ap.add_argument("photo", nargs="?", type=Path)
     ap.add_argument("--presets", default="fast,balanced")
     ap.add_argument("--threads", type=int)
@@ -57,3 +57,7 @@ def main(argv: list[str]) -> int:
         for k, v in out.items():
             print(f"{k:>10}: {v}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

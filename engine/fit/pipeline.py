@@ -1,0 +1,110 @@
+"""The fit, GANFit-style analysis-by-synthesis of one photo, as the six steps it is made of.
+
+    detect -> coarse -> unwrap -> fine -> albedo -> write
+
+Each step is a module of ``stages/`` with a ``run`` function that takes and returns dataclasses;
+nothing is kept on an object between steps. Settings: ``config.py`` (one section per stage); loss
+terms: ``losses.py`` and the texture model's own ``TextureModel.priors`` (``texture.py``); the
+rendering: ``render/forward.py``; the lighting solve: ``lighting.py``.
+
+Colour: photos are sRGB; shading is computed in linear light (albedo * SH irradiance) and the render
+is converted back to sRGB before it is compared with the photo. The albedo PNG is sRGB-encoded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..camera import Intrinsics
+from ..lighting import exposure_from_white_point
+from .config import FitConfig
+from .hooks import Hooks
+from .stages import albedo, coarse, detect, fine, unwrap, write
+from .stages.albedo import FitOutput
+from .stages.detect import Detection
+from .texture import TexelTexture, TextureModel
+
+
+# The steps in the order ``run`` takes them (``run.py`` names its progress stages after them).
+STEPS = ("detect", "coarse", "unwrap", "fine", "albedo", "write")
+
+
+@dataclass
+class Env:
+    """What every stage uses, loaded once per run."""
+
+    model: object                        # models.facemodel.FaceModel
+    cfg: FitConfig
+    ctx: object                          # render.RenderContext
+    device: torch.device
+    recognizer: object | None = None     # perception.recognizer.Recognizer (identity terms)
+    texture_factory: Callable[[torch.Tensor], TextureModel] = field(default=TexelTexture)
+
+
+def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dense: np.ndarray | None = None,
+        expr_init: dict[str, float] | None = None, hooks: Hooks | None = None) -> FitOutput:
+    """Steps 2-5 on a detected face: ``det68`` (68, 2) iBUG and ``dense`` (mediapipe478, or None)
+    landmarks in full-resolution photo pixels."""
+    hooks = hooks or Hooks()
+    m, cfg, dev = env.model, env.cfg, env.device
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    hooks.stage("coarse")
+    framed = detect.frame(photo, det68, dense, K_full, m, cfg, dev)
+    rough = coarse.run(m, cfg, framed, expr_init, hooks, dev)
+    timings["coarse"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    hooks.check_cancel()
+    hooks.stage("unwrap")
+    exposure = exposure_from_white_point(photo, full=cfg.unwrap.exposure_full, none=cfg.unwrap.exposure_none)
+    start = unwrap.run(env.ctx, m, cfg, rough.params, framed.crop, env.texture_factory, dev, exposure)
+    timings["unwrap"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    hooks.stage("fine")
+    refined = fine.run(env.ctx, m, cfg, rough, start, framed, env.recognizer, hooks, dev)
+    timings["fine"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    hooks.check_cancel()
+    hooks.stage("albedo")
+    out = albedo.run(env.ctx, m, cfg, refined, framed, photo, K_full, det68, dev, start.exposure)
+    timings["albedo"] = time.perf_counter() - t
+    out.timings = timings
+    out.history = {"coarse": rough.history, "fine": refined.history}
+    return out
+
+
+def run(env: Env, photo: np.ndarray, K_full: Intrinsics, out_dir: Path, info: dict, *,
+        landmarks: str = "mediapipe", face_index: int = 0, photo_path: Path | None = None,
+        report: bool = False, hooks: Hooks | None = None) -> tuple[FitOutput, dict]:
+    """All six steps: detect the face in ``photo``, fit it and write the result files into
+    ``out_dir``. Returns the fit and the result.json dict (``info`` + what the steps add)."""
+    hooks = hooks or Hooks()
+    t = time.perf_counter()
+    hooks.stage("detect")
+    face: Detection = detect.detect(photo, landmarks, str(env.device), face_index, photo_path)
+    detect_s = time.perf_counter() - t
+    for w in face.warnings:
+        hooks.warn(w)
+    hooks.check_cancel()
+
+    out = fit(env, photo, K_full, face.det68, face.dense, face.expr_init, hooks)
+    out.timings = {"detect": detect_s, **out.timings}
+    hooks.check_cancel()
+
+    t = time.perf_counter()
+    hooks.stage("write")
+    result = write.run(out_dir, out, face, face_index, env.model, env.ctx, photo, info, report)
+    hooks.check_cancel()
+    out.timings["write"] = time.perf_counter() - t
+    return out, result

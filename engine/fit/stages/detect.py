@@ -1,0 +1,108 @@
+"""Stage 1, detect: find the face and its landmarks, then frame it for the fit: a square crop
+around the landmarks (with the face outline when the detector gives one) and the landmark targets
+in crop pixels (the 68 iBUG points, and the dense points through their correspondence onto the
+face model)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import MissingModelError
+from ..crop import Crop, make_crop
+from ..losses import LandmarkTargets
+
+log = logging.getLogger("engine.fit")
+
+# Below this face-box side (photo pixels) the texture has too few pixels to be more than a blur,
+# and the landmarks are noisy: the result says so.
+SMALL_FACE_PX = 60
+
+
+@dataclass
+class Detection:
+    """The chosen face, in full-resolution photo pixels."""
+
+    det68: np.ndarray                    # (68, 2) iBUG landmarks
+    dense: np.ndarray | None             # the detector's dense landmarks (mediapipe478) or None
+    scheme: str                          # the detector's landmark scheme
+    box: list[float]                     # (x0, y0, x1, y1)
+    score: float
+    count: int                           # faces found in the photo
+    expr_init: dict[str, float] | None   # the detector's blendshape scores as model expressions
+    warnings: list[str]                  # sentences for the user (result.json "warnings")
+
+
+@dataclass
+class Framed:
+    """The face as the coarse and fine stages see it."""
+
+    crop: Crop
+    targets: LandmarkTargets
+    outline: np.ndarray | None           # the detector's face outline, full-res pixels (or None)
+
+
+def detect(photo: np.ndarray, backend: str, device: str, face_index: int = 0,
+           path: str | Path | None = None) -> Detection:
+    """Run the landmark detector and pick face ``face_index`` (0 = the largest)."""
+    from ...perception.landmarks import blendshapes_to_ict, detect_faces, select_face
+    faces = detect_faces(photo, backend=backend, device=device)
+    face = select_face(faces, face_index, path=path)
+    dense = face.landmarks.astype(np.float64) if face.scheme == "mediapipe478" else None
+    box = [float(x) for x in face.box]
+    warnings = []
+    if len(faces) > 1:
+        warnings.append(f"{len(faces)} faces were found; fitted face {face_index} (largest first). Use "
+                        "--face-index to choose another.")
+    if min(box[2] - box[0], box[3] - box[1]) < SMALL_FACE_PX:
+        warnings.append(f"The face is small ({box[2] - box[0]:.0f} px wide); the fit and texture will be "
+                        "coarse. Use a larger or closer photo.")
+    return Detection(det68=face.landmarks68.astype(np.float64), dense=dense, scheme=face.scheme,
+                     box=box, score=float(face.score), count=len(faces),
+                     expr_init=blendshapes_to_ict(face.blendshapes) if face.blendshapes else None,
+                     warnings=warnings)
+
+
+def load_dense_correspondence(scheme: str = "mediapipe478"):
+    """The correspondence of the detector's dense landmarks onto the face model. A missing or
+    unreadable asset is an error, never a silent fall-back to the 68 landmarks."""
+    from ...perception import correspondence as C
+    try:
+        return C.load_correspondence(scheme)
+    except MissingModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any read failure means a broken asset
+        path = C.DATA_DIR / f"{scheme}_ict.npz"
+        raise MissingModelError(f"Could not read the landmark correspondence {path}: {e}. Reinstall "
+                                "the engine or regenerate it with tools/make_mediapipe_correspondence.py.") from e
+
+
+def frame(photo: np.ndarray, det68: np.ndarray, dense: np.ndarray | None, K_full, model, cfg,
+          device) -> Framed:
+    """Crop around the landmarks (``cfg.crop``) at ``cfg.render_res`` and build the targets."""
+    lo, hi = det68.min(0), det68.max(0)
+    side = float(max(hi - lo) * cfg.crop.scale)
+    center = (lo + hi) / 2 - np.array([0.0, cfg.crop.headroom * side])  # room for the forehead
+    outline = None
+    if dense is not None and len(dense) >= 468:
+        from ...perception.landmarks import MEDIAPIPE_FACE_OVAL
+        outline = np.asarray(dense)[list(MEDIAPIPE_FACE_OVAL)]
+    crop = make_crop(photo, center, side, cfg.render_res, K_full, device, outline, cfg.crop.outline_shrink)
+
+    det = torch.from_numpy(crop.to_crop(det68)).float().to(device)[None]  # (1, 68, 2)
+    iod = float(torch.linalg.norm(det[0, 36] - det[0, 45]))
+    from ..losses import INNER
+    jaw = torch.cat([model.jawline_right_extended, model.landmarks68[8:9], model.jawline_left_extended])
+    targets = LandmarkTargets(det=det, iod=iod, inner_idx=model.landmarks68[INNER], jaw_idx=jaw)
+    if dense is not None:
+        c = load_dense_correspondence("mediapipe478")
+        if len(dense) > int(c.point_index.max()):
+            targets.dense = torch.from_numpy(crop.to_crop(dense[c.point_index])).float().to(device)[None]
+            targets.tri_v = model.fit_tris[torch.from_numpy(c.tri).to(device)].long()
+            targets.bary = torch.from_numpy(c.bary).float().to(device)
+            targets.weights = torch.from_numpy(c.weights).float().to(device)
+    return Framed(crop, targets, outline)
