@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ from ..contract import RESULT_SCHEMA
 from ..models.facemodel import FaceModel
 from ..render.colour import linear_to_srgb
 from ..render.forward import render_full
-from .stages.albedo import FitOutput
+
+if TYPE_CHECKING:  # the file format does not depend on the stages; only the annotation names it
+    from .stages.albedo import FitOutput
 
 SCHEMA = RESULT_SCHEMA  # engine/io/output.py checks it before --overwrite replaces a folder
 

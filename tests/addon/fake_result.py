@@ -107,6 +107,12 @@ def write_fake_result(folder: Path, photo: Path | None = None, width: int = 256,
     Image.fromarray(rgba, "RGBA").save(folder / "render.png")
     _write_png(folder / "overlay.png", rgba[..., :3])
     (folder / "engine.log").write_text("fake engine log\n")
+    # The engine's own marker writer (stdlib only): --overwrite recognises the folder as a result.
+    import sys
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from engine.io.output import write_marker
+    write_marker(folder, "0.1.0-fake")
     lm = [[width / 2 + 10 * math.cos(k), height / 2 + 10 * math.sin(k)] for k in range(68)]
     meta = {
         "schema": 1, "engine": "0.1.0-fake", "photo": str(photo),
