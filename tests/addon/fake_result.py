@@ -88,6 +88,7 @@ def write_fake_result(folder: Path, photo: Path | None = None, width: int = 256,
              names=np.array(names), weights=weights)
     np.savez(folder / "params.npz", shape=shape, expression=weights,
              expression_names=np.array(names), rotation=rotation_y(10.0),
+             rotation_axis_angle=np.array([0.0, np.radians(10.0), 0.0], np.float32),
              translation_cm=np.array([0.0, -2.0, -60.0]), focal_px=np.float32(600.0),
              sh=np.zeros((9, 3), np.float32), texture_model=np.array("texel"))
 
@@ -208,8 +209,8 @@ def check_documented_schema(folder: Path) -> None:
         assert z["weights"].dtype == np.float32 and z["deltas"].shape[0] == len(z["names"]) == 53
     params_doc = set(re.findall(r"`(\w+)`", files["params.npz"]))
     with np.load(folder / "params.npz") as z:
-        # The doc's row says `translation`; the engine writes `translation_cm` (reported drift).
-        missing = params_doc - set(z.files) - {"translation"}
+        # texture_latent is written only for a generator texture
+        missing = params_doc - set(z.files) - {"texture_latent"}
         assert not missing, f"params.npz lacks documented arrays {sorted(missing)}"
     mtl = (folder / "face.mtl").read_text(encoding="utf-8")
     used = re.findall(r"^usemtl (.+)$", (folder / "face.obj").read_text(encoding="utf-8"), re.M)
