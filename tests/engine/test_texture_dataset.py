@@ -192,3 +192,37 @@ def test_bad_output_and_inputs(tmp_path):
     r = _run(tmp_path / "stuff.txt", "-o", REPO / "texdata")
     assert r.returncode != 0 and "inside the repository" in r.stderr
     assert not (REPO / "texdata").exists()
+
+
+@pytest.mark.needs_shared("faces", "london-canada")
+def test_sigterm_stops_cleanly_and_resumes(tmp_path):
+    import signal
+    import time
+    folder = shared_path("faces", "london-canada")
+    photos = [folder / f"canada_{n}.jpg" for n in ("003f", "008f", "010f", "019f", "020f")]
+    out = tmp_path / "data"
+    args = [sys.executable, "-m", "engine", "texture", "dataset", *map(str, photos), "-o", str(out),
+            "--preset", "fast", "--max-steps", "3", "--no-progress", "--recognizer", "none"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = out / "manifest.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < 120 and proc.poll() is None:
+        if manifest.exists() and manifest.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "stopped early" in stdout
+    lines = [json.loads(x) for x in manifest.read_text().splitlines()]  # every line complete
+    assert 1 <= len(lines) < len(photos)
+    z = np.load(out / lines[-1]["shard"])
+    assert list(z["ids"]) == [x["id"] for x in lines]
+    assert not list(out.glob("*.tmp"))
+    r = _run(*photos, "-o", out, "--preset", "fast", "--max-steps", "3", "--no-progress", "--recognizer", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert sorted(x["id"] for x in lines) == sorted(f"london-canada/{p.stem}" for p in photos)
+    assert all(x["status"] == "ok" for x in lines)
+    # The resumed photos went to a new shard; the first one was left as it was.
+    assert {x["shard"] for x in lines} == {"shard-00000.npz", "shard-00001.npz"}
