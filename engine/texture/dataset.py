@@ -1,5 +1,5 @@
-"""``python -m engine texture dataset``: photos -> a UV texture dataset (format v1, see
-``FORMAT`` below and docs in the trainer), one fit per photo.
+"""``python -m engine texture dataset``: photos -> a UV texture dataset (format v1: data.json,
+manifest.jsonl and shard-NNNNN.npz; see ``build``), one fit per photo.
 
 For each photo: detect, the fit's coarse, unwrap and fine steps (``fit/pipeline.py``'s steps, minus
 its albedo completion, which a dataset must not have), then the photo unwrapped into the atlas at
@@ -9,7 +9,7 @@ exposure`` as the fit's albedo step does). Per-texel weight:
     weight = visibility x cos(view angle) x edge fade x skin probability x (face or head/neck region)
 
 (``uvspace.unwrap``'s confidence is cos^2 x visibility x fade; its square root is used, so the
-falloff is the cosine). The unwrap ignores the detector's face outline: forehead, ears and neck are
+falloff is the cosine). The skin probability is 1 inside the lips' landmark contour. The unwrap ignores the detector's face outline: forehead, ears and neck are
 kept where they are seen and look like skin (``skin.py``). Eyeballs, eye and mouth sockets get 0.
 
 Mirroring through the face box's left/right symmetry: colour = (w a + 0.5 w' a') / (w + 0.5 w'),
@@ -321,6 +321,11 @@ class Builder:
         delit = (srgb_to_linear(colour) / shading(nrm, sh).clamp_min(ac.shade_floor * exposure)).clamp(0, 1)
         sk = skin.fit_photo(photo, det68)
         prob = torch.from_numpy(sk.probability(colour[0].cpu().numpy().clip(0, 1))).to(vis)
+        # The lips are face texture, not an occluder: the skin model does not judge them.
+        lips = skin.lips_mask((det68 - np.array([crop.x0, crop.y0])) * (hi_res / crop.side), hi_res, hi_res)
+        lips_t = torch.from_numpy(lips.astype(np.float32)).to(vis)[None, ..., None].expand(1, -1, -1, 3)
+        on_lips, _ = uvspace.unwrap(lips_t.contiguous(), hi.face_valid, depth, hi.K, pos, nrm, mask)
+        prob = torch.where(on_lips[0, ..., 0] > 0.5, torch.ones_like(prob), prob)
         w = (vis * prob[None]).clamp(0, 1)
         # Mirror through the face box's symmetry.
         a_m = uvspace.mirror_face(delit, m)

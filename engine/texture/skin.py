@@ -18,7 +18,11 @@ What it misses (by construction, a colour model):
   low probability although they are skin (they are de-lit badly anyway);
 - where occluders cover most of the cheeks and forehead (a full beard and a heavy fringe), the
   majority is not skin and the model fits the occluder;
-- coloured light (a red or blue cast on one side) moves the chroma of that side's skin away.
+- coloured light (a red or blue cast on one side) moves the chroma of that side's skin away;
+- in desaturated photos (small, old or faded portraits) grey or white hair and beards have about the
+  chroma of the skin and are accepted; only luma separates them;
+- eyebrows, lashes and nostrils are rejected like hair (the builder exempts only the lips,
+  ``lips_mask``; a moustache over the upper lip is therefore kept).
 """
 
 from __future__ import annotations
@@ -132,6 +136,15 @@ def region_mask(det68: np.ndarray, height: int, width: int, shrink: float = 0.85
     img = Image.new("L", (int(width), int(height)), 0)
     for poly in region_polygons(det68):
         _polygon(img, poly, shrink)
+    return np.asarray(img) > 127
+
+
+def lips_mask(det68: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) bool mask inside the outer lip contour (iBUG 48-59): lips are not skin-coloured but
+    belong to the face texture, so the builder does not let the skin model reject them."""
+    from PIL import Image
+    img = Image.new("L", (int(width), int(height)), 0)
+    _polygon(img, np.asarray(det68, dtype=np.float64)[48:60], 1.0)
     return np.asarray(img) > 127
 
 
