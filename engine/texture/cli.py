@@ -7,6 +7,7 @@ module) registers itself in ``add_parsers`` below when it exists.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _dataset_parser(sub) -> None:
@@ -37,17 +38,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tsub = t.add_subparsers(dest="texture_command", metavar="TEXTURE_COMMAND")
     tsub.required = True
     _dataset_parser(tsub)
-    # The trainer's `train` command is added here by its module.
-    try:
-        from . import train_cli  # noqa: F401
-    except ImportError:
-        train_cli = None
-    if train_cli is not None and hasattr(train_cli, "add_parser"):
-        train_cli.add_parser(tsub)
-
+    # The trainer's `train` command: engine/texture/train_cli.py defines add_parser(tsub) and
+    # main(args) (keep its top-level imports light: every `python -m engine` builds this parser).
+    import importlib.util
+    if importlib.util.find_spec(f"{__package__}.train_cli") is None:
+        return
+    from . import train_cli
+    train_cli.add_parser(tsub)
 
 def main(args: argparse.Namespace) -> int:
     if args.texture_command == "dataset":
+        from ..errors import EngineError
         from .dataset import build
         if args.limit is not None and args.limit < 0:
             raise SystemExit("error: --limit must be 0 or more")
@@ -58,6 +59,9 @@ def main(args: argparse.Namespace) -> int:
                            progress=not args.no_progress)
         except FileNotFoundError as e:
             raise SystemExit(f"error: {e}") from None
+        except EngineError as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            return e.exit_code
         print(f"done: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done"
               + (" (stopped early; run again to resume)" if counts["stopped"] else ""))
         return 130 if counts["stopped"] else 0

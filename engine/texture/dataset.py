@@ -108,7 +108,7 @@ def describe(path: Path, given: str, meta_cache: dict) -> Source:
 def collect(inputs: list[str]) -> list[Source]:
     """Photos named or found (not recursively) in the folders given, in sorted order per folder."""
     out: list[Source] = []
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     cache: dict = {}
     for item in inputs:
         p = Path(item).expanduser()
@@ -122,8 +122,11 @@ def collect(inputs: list[str]) -> list[Source]:
         for f, given in pairs:
             s = describe(f.absolute(), given, cache)
             if s.id in seen:
+                if seen[s.id] != s.path:
+                    print(f"warning: {given} has the same id {s.id!r} as {seen[s.id]}; skipped "
+                          "(ids are <folder>/<file stem>)", file=sys.stderr)
                 continue
-            seen.add(s.id)
+            seen[s.id] = s.path
             out.append(s)
     return out
 
@@ -381,7 +384,7 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
     from tqdm import tqdm
 
     from .. import __version__
-    from ..errors import CancelledError
+    from ..errors import CancelledError, MissingModelError
 
     out = Path(out).expanduser()
     _check_out(out, res)
@@ -404,8 +407,8 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
     old = {}
 
     def on_signal(signum, frame):  # noqa: ARG001
-        if stop.is_set():
-            return
+        if stop.is_set():  # the second one stops at once (a half-written shard stays a .tmp)
+            raise KeyboardInterrupt
         stop.set()
         print("\nstopping after this photo (the manifest stays consistent)", file=sys.stderr)
 
@@ -446,6 +449,8 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
             except KeyboardInterrupt:
                 counts["stopped"] = True
                 break
+            except MissingModelError:  # the environment, not the photo: every photo would fail
+                raise
             except Exception as e:  # noqa: BLE001 - a bad photo is reported and skipped
                 msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
                 rec.update(status="failed", error=str(msg), metrics=None, coverage=0.0, shard=None, index=None)
