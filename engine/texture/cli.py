@@ -14,7 +14,15 @@ def _dataset_parser(sub) -> None:
     p = sub.add_parser("dataset", help="build a UV texture dataset from photos (resumable)",
                        description="Fit every photo, unwrap it into the UV atlas, de-light it and "
                        "weight each texel by visibility x cos(view) x skin probability; writes "
-                       "shards and a manifest.jsonl into the output folder. Re-running resumes.")
+                       "shards and a manifest.jsonl into the output folder. Re-running resumes.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Time per photo on a 2-core CPU: ~12-19 s balanced, ~2-4 s fast. The whole "
+                       "shared set (~1,200 photos) takes hours balanced; run it in the background and "
+                       "re-run the same command to resume after a stop:\n"
+                       "  nohup python -m engine texture dataset ../shared/faces/london-canada "
+                       "../shared/faces/congress-pd -o ~/texdata --no-progress > texdata.log 2>&1 &\n"
+                       "Ctrl-C or SIGTERM stops within a second or two: the photo being fitted is dropped and "
+                       "redone on the next run; the manifest and shards stay consistent.")
     p.add_argument("inputs", nargs="+", metavar="PHOTO_OR_FOLDER",
                    help="photos, or folders whose photos are all used (not recursive)")
     p.add_argument("-o", "--output", required=True, help="dataset folder (new or one to resume; not in the repository)")

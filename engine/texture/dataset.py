@@ -410,7 +410,8 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
         if stop.is_set():  # the second one stops at once (a half-written shard stays a .tmp)
             raise KeyboardInterrupt
         stop.set()
-        print("\nstopping after this photo (the manifest stays consistent)", file=sys.stderr)
+        print("\nstopping: the photo being fitted is dropped (redone on resume); the manifest stays consistent",
+              file=sys.stderr)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -429,6 +430,11 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
             tmp = meta.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(d, indent=1) + "\n", encoding="utf-8")
             os.replace(tmp, meta)
+        else:
+            was = json.loads(meta.read_text(encoding="utf-8")).get("builder", {}).get("preset")
+            if was != preset:
+                print(f"warning: {out} was built with --preset {was}; this run adds photos fitted with "
+                      f"--preset {preset} (each manifest line records its preset)", file=sys.stderr)
         shards = ShardWriter(out)
         bar = tqdm(todo, unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for src in bar:
@@ -439,7 +445,7 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
             t = time.perf_counter()
             rec = {"id": src.id, "source": src.given, "sha256": None, "person": src.person,
                    "dataset": src.dataset, "licence": src.licence, "attribution": src.attribution,
-                   "flags": src.flags}
+                   "flags": src.flags, "preset": builder.cfg.preset}
             try:
                 rec["sha256"] = _sha256(src.path)
                 s = builder.process(src, stop.is_set)
