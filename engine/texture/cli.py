@@ -38,6 +38,8 @@ def _dataset_parser(sub) -> None:
     p.add_argument("--recognizer", choices=("dlib", "arcface", "none"), default="dlib",
                    help="identity loss of the balanced/best fit (none: skip it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet (albedo | weight, face box, "
+                   "first 24 samples) of the dataset to this PNG")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +72,13 @@ def main(args: argparse.Namespace) -> int:
         except EngineError as e:
             print(f"error: {e.message}", file=sys.stderr)
             return e.exit_code
+        if args.sheet:
+            from .dataset import contact_sheet
+            try:
+                n = contact_sheet(args.output, args.sheet)
+                print(f"contact sheet of {n} samples: {args.sheet}")
+            except (ValueError, OSError) as e:
+                print(f"warning: no contact sheet: {e}", file=sys.stderr)
         print(f"done: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done"
               + (" (stopped early; run again to resume)" if counts["stopped"] else ""))
         return 130 if counts["stopped"] else 0

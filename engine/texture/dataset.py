@@ -478,3 +478,32 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
         for sig, h in old.items():
             signal.signal(sig, h)
     return counts
+
+
+def contact_sheet(data: str | Path, png: str | Path, count: int = 24, columns: int = 4) -> int:
+    """A PNG of the first ``count`` ok samples: each the face box of the albedo (sRGB-encoded) and
+    of its weight, side by side. Returns the number of samples drawn."""
+    from PIL import Image
+
+    data = Path(data)
+    recs = [r for r in read_manifest(data / "manifest.jsonl").values() if r["status"] == "ok"][:count]
+    if not recs:
+        raise ValueError(f"{data} holds no finished samples")
+    res = json.loads((data / "data.json").read_text(encoding="utf-8"))["res"]
+    side = int(round(res * 0.75))  # the face box: the atlas' top-left 3/4 (image layout)
+    shards: dict[str, np.lib.npyio.NpzFile] = {}
+    tiles = []
+    for r in recs:
+        if r["shard"] not in shards:
+            shards[r["shard"]] = np.load(data / r["shard"])
+        z = shards[r["shard"]]
+        a = z["albedo"][r["index"]].astype(np.float32)[:side, :side]
+        w = z["weight"][r["index"]].astype(np.float32)[:side, :side]
+        srgb = np.where(a <= 0.0031308, 12.92 * a, 1.055 * np.clip(a, 0.0031308, None) ** (1 / 2.4) - 0.055)
+        tiles.append(np.concatenate([srgb, np.repeat(w[..., None], 3, 2)], 1))
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.concatenate(tiles[i:i + columns], 1) for i in range(0, len(tiles), columns)]
+    img = (np.clip(np.concatenate(rows, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(img).save(png)
+    return len(recs)

@@ -158,11 +158,15 @@ def test_build_small_dataset(tmp_path):
     box = Wt[0].astype(np.float32)[256 - r1:256 - r0, c0:c1]
     assert np.allclose(box, box[:, ::-1], atol=1e-3)
 
-    # Resume: nothing to do, nothing rewritten.
+    # Resume: nothing to do, nothing rewritten; the contact sheet shows both samples.
     before = (out / "manifest.jsonl").read_bytes()
-    r = _run(CANADA, bad, CONGRESS, *common)
+    sheet = tmp_path / "sheet.png"
+    r = _run(CANADA, bad, CONGRESS, *common, "--sheet", sheet)
     assert r.returncode == 0 and "0 to do" in r.stderr and "0 ok, 0 failed, 3 already done" in r.stdout
     assert (out / "manifest.jsonl").read_bytes() == before
+    img = np.asarray(Image.open(sheet))
+    assert img.shape == (192, 4 * 2 * 192, 3)
+    assert img[:, :2 * 192 * 2].mean() > 20 and img[:, 2 * 192 * 2:].max() == 0  # 2 samples, 2 empty
     # --retry-failed redoes (and again reports) only the failed photo, in a new shard if any.
     r = _run(CANADA, bad, CONGRESS, *common, "--retry-failed")
     assert "1 to do" in r.stderr and "0 ok, 1 failed" in r.stdout
