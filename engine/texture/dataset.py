@@ -491,7 +491,7 @@ def contact_sheet(data: str | Path, png: str | Path, count: int = 24, columns: i
         raise ValueError(f"{data} holds no finished samples")
     res = json.loads((data / "data.json").read_text(encoding="utf-8"))["res"]
     side = int(round(res * 0.75))  # the face box: the atlas' top-left 3/4 (image layout)
-    shards: dict[str, np.lib.npyio.NpzFile] = {}
+    shards: dict = {}
     tiles = []
     for r in recs:
         if r["shard"] not in shards:
