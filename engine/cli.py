@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="self-check: versions, device, backends, models")
     c.add_argument("--json", action="store_true")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    from .texture.cli import add_parsers as add_texture_parsers
+    add_texture_parsers(sub)  # `texture dataset`, `texture train`
     return ap
 
 
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli(args)
     if args.command == "detect":
         return _detect(args)
+    if args.command == "texture":
+        from .texture.cli import main as texture_main
+        return texture_main(args)
     if args.command == "render-model":
         from .preview import render_model_sheet
         render_model_sheet(args.output, size=args.size, seed=args.seed)
