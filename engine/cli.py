@@ -5,6 +5,7 @@ Commands:
   detect PHOTO            detect faces and landmarks (``--json`` for one JSON object)
   render-model -o PNG     render the neutral face and random identities/expressions
   check                   self-check: versions, device, backends, models
+  texture train|eval      train a UV texture model from a texture dataset; measure it
 
 Exit codes and presets are defined once in ``contract.py`` (``--help`` prints the table;
 docs/protocol.md explains it).
@@ -134,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="self-check: versions, device, backends, models")
     c.add_argument("--json", action="store_true")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    from .texture.train import add_eval_parser, add_train_parser
+    t = sub.add_parser("texture", help="texture model tools: train, eval")
+    tsub = t.add_subparsers(dest="texture_command", metavar="TEXTURE_COMMAND")
+    tsub.required = True
+    add_train_parser(tsub)
+    add_eval_parser(tsub)
     return ap
 
 
@@ -162,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in info.items():
                 print(f"{k:>12}: {v}")
         return 0 if info.get("ok") else 1
+    if args.command == "texture":
+        from .texture.train import run_eval, run_train
+        return run_train(args) if args.texture_command == "train" else run_eval(args)
     ap.error(f"unknown command {args.command}")
     return 2
 

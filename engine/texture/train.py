@@ -14,11 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from ..errors import BadInputError, EngineError, OutputError
-from . import data as D
-from . import ppca as P
+
+# This module's top level is stdlib only: engine/cli.py builds its parser without torch.
 
 DEFAULT_CANDIDATES = (0, 1, 2, 4, 8, 12, 16, 24, 32, 40, 48)
 DEFAULT_MAX_COMPONENTS = 48
@@ -81,6 +79,8 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
                max_components: int = DEFAULT_MAX_COMPONENTS, out_res: int = 0,
                overwrite: bool = False, log=_log) -> dict:
     """Train masked PPCA and write the checkpoint. Returns its metadata (also in ganfit.json)."""
+    from . import data as D
+    from . import ppca as P
     out = Path(output)
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite to replace it, or choose another -o.")
@@ -143,10 +143,13 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     return meta_extra
 
 
-def write_checkpoint(model: P.PPCA, path: Path, extra: dict, out_res: int = 0) -> None:
+def write_checkpoint(model, path: Path, extra: dict, out_res: int = 0) -> None:
     """The ``ganfit-texture-generator`` checkpoint (via ``save_generator``) with ``extra`` merged
     into its ganfit.json. Written beside the target and renamed, so a failure leaves no half file."""
+    import torch
+
     from ..fit.texture import save_generator
+    from . import ppca as P
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_generator(P.PPCAGenerator(model, out_res), tmp, latent_dim=model.k, output_range="0,1")
@@ -164,6 +167,7 @@ def write_checkpoint(model: P.PPCA, path: Path, extra: dict, out_res: int = 0) -
 
 
 def run_train(args) -> int:
+    import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
