@@ -248,3 +248,37 @@ def test_eval_measures_any_generator_by_fitting_its_latent(synth, trained, tmp_p
     # The same linear model behind a generic generator: its Adam-fitted latent does about as well.
     assert gen_err < 1.5 * ppca_err
     assert gen_err < 0.5 * res[path.name]["table"]["0"]["rmse"]
+
+
+def test_cli_train_eval_and_fit_with_the_checkpoint(synth, tmp_path):
+    """The commands as a user runs them: texture train, texture eval, then fit with the model."""
+    import os
+    import subprocess
+
+    from shared_data import require_shared
+    photo = require_shared("photos", "codait_luciano.png")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True,
+                              cwd=repo, env=env, timeout=300)
+
+    model = tmp_path / "m.pt"
+    p = run("texture", "train", str(synth), "--model", "ppca", "-o", str(model), "--res", "16",
+            "--max-components", "8", "--iters", "10", "--seed", "1", "--out-res", "64")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "held-out RMSE" in p.stderr
+    p = run("texture", "eval", str(synth), str(model), "-o", str(tmp_path / "ev"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "RMSE" in p.stdout and (tmp_path / "ev" / "m-heldout.png").is_file()
+    p = run("texture", "train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.pt"))
+    assert p.returncode != 0 and "not found" in p.stderr and not (tmp_path / "x.pt").exists()
+    out = tmp_path / "fit"
+    p = run("fit", str(photo), "-o", str(out), "--preset", "fast", "--max-steps", "3",
+            "--texture-model", str(model), "--texture-res", "256")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "result.json").read_text())
+    assert r["models"]["texture"] == "generator"
+    _, meta = load_generator(model)
+    assert np.load(out / "params.npz")["texture_latent"].shape == (1, meta["latent_dim"])
