@@ -18,6 +18,7 @@ import torch
 from ..errors import BadInputError, OutputError
 from . import data as D
 from . import ppca as P
+from .train import DEFAULT_CANDIDATES
 
 
 def _srgb(x: torch.Tensor) -> np.ndarray:
@@ -126,7 +127,7 @@ def evaluate(data_dir: str | Path, model_paths: list[str], output: str | Path | 
         hb = D.holdback_mask(len(ho), ho.res, hb_seed)
         if is_ppca:
             m = P.model_from_generator(module)
-            ks = sorted({0, 1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, m.k} & set(range(m.k + 1)))
+            ks = sorted((set(DEFAULT_CANDIDATES) | {m.k}) & set(range(m.k + 1)))
             table = P.heldout_error(m, ho.albedo, ho.weight, hb, ks)
         else:
             table = {int(meta["latent_dim"]): generic_heldout_error(module, meta, ho.albedo, ho.weight, hb)}

@@ -135,7 +135,7 @@ def fill_holes(img: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     return pull_push(img.permute(1, 2, 0)[None], w[None])[0].permute(2, 0, 1)
 
 
-def fit_ppca(albedo: torch.Tensor, weight: torch.Tensor, k: int, iters: int = 40, tol: float = 1e-4,
+def fit_ppca(albedo: torch.Tensor, weight: torch.Tensor, k: int, iters: int = 40, tol: float = 5e-4,
              ridge: float = 1e-2, init: PPCA | None = None, log=None) -> PPCA:
     """Train masked PPCA with k components.
 
@@ -260,7 +260,7 @@ def reconstruct(m: PPCA, albedo: torch.Tensor, weight: torch.Tensor) -> tuple[to
     return z, m.decode(z).clamp(0, 1)
 
 
-def choose_k(errors: dict[int, dict[str, float]], rel_tol: float = 0.01) -> int:
+def choose_k(errors: dict[int, dict[str, float]], rel_tol: float = 0.02) -> int:
     """The smallest k whose held-out RMSE is within ``rel_tol`` of the best."""
     best = min(e["rmse"] for e in errors.values())
     return min(k for k, e in errors.items() if e["rmse"] <= best * (1 + rel_tol))
