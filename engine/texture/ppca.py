@@ -136,7 +136,7 @@ def fill_holes(img: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 
 
 def fit_ppca(albedo: torch.Tensor, weight: torch.Tensor, k: int, iters: int = 40, tol: float = 5e-4,
-             ridge: float = 1e-2, init: PPCA | None = None, log=None) -> PPCA:
+             ridge: float = 1e-2, init: PPCA | None = None, robust: float = 0.0, log=None) -> PPCA:
     """Train masked PPCA with k components.
 
     Args:
@@ -144,6 +144,9 @@ def fit_ppca(albedo: torch.Tensor, weight: torch.Tensor, k: int, iters: int = 40
         k: number of components (0 = the weighted mean only).
         init: start from this model (its first k components), else from the SVD of the
             mean-filled data (deterministic: no random initialisation).
+        robust: 0 = plain; c > 0 = iteratively reweighted (Cauchy): a texel whose residual is
+            r noise stds has its weight scaled by 1 / (1 + (r / c)^2), so what the dataset's skin
+            weights let through (glasses, hair, highlights) pulls the model less.
     Returns:
         PPCA with basis ordered by variance and z ~ N(0, I) on the training samples.
     """
@@ -178,18 +181,25 @@ def fit_ppca(albedo: torch.Tensor, weight: torch.Tensor, k: int, iters: int = 40
 
     prev = math.inf
     t0 = time.time()
+    we = w  # effective weights (the data's, or reweighted when robust)
     for it in range(iters):
-        z, S = posterior(W, mu, sigma2, x, w)
-        W, mu = _mstep(x, w, z, S, ridge * max(1.0, float(wsum.mean()) * 1e-3), mean0)
-        z, S = posterior(W, mu, sigma2, x, w)
-        sigma2 = max(_sigma2(x, w, W, mu, z, S), 1e-8)
-        done = abs(prev - sigma2) <= tol * sigma2
+        z, S = posterior(W, mu, sigma2, x, we)
+        W, mu = _mstep(x, we, z, S, ridge * max(1.0, float(wsum.mean()) * 1e-3), mean0)
+        z, S = posterior(W, mu, sigma2, x, we)
+        sigma2 = max(_sigma2(x, we, W, mu, z, S), 1e-8)
+        if robust > 0 and it >= 2:
+            # Residual per texel (channel mean) against the current model.
+            e = torch.cat([((torch.einsum("tck,nk->ntc", W, z[i:i + 256]) + mu - x[i:i + 256]) ** 2).mean(-1)
+                           for i in range(0, N, 256)])
+            we = w / (1 + e / (robust ** 2 * sigma2))
+        done = abs(prev - sigma2) <= tol * sigma2 and (robust <= 0 or it >= 4)
         if done or it % 5 == 0 or it == iters - 1:
-            log(f"  k={k} EM {it + 1}/{iters}: noise std {math.sqrt(sigma2):.4f} ({time.time() - t0:.0f} s)")
+            kept = f", weight kept {float(we.sum() / w.sum().clamp_min(1e-12)):.0%}" if robust > 0 else ""
+            log(f"  k={k} EM {it + 1}/{iters}: noise std {math.sqrt(sigma2):.4f}{kept} ({time.time() - t0:.0f} s)")
         if done:
             break
         prev = sigma2
-    model = _canonical(W, mu, sigma2, x, w, r)
+    model = _canonical(W, mu, sigma2, x, we, r)
     return _fill_model(model, support)
 
 

@@ -52,6 +52,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.15,
                    help="fraction of persons held out for choosing and measuring (default 0.15)")
     p.add_argument("--iters", type=int, default=40, help="EM iterations at most (default 40)")
+    p.add_argument("--robust", type=float, default=0.0,
+                   help="reweight outlying texels (Cauchy, this many noise stds; e.g. 3); 0 = off (default)")
     p.add_argument("--seed", type=int, default=0, help="split and hold-back seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
@@ -77,7 +79,7 @@ def _log(msg: str) -> None:
 def train_ppca(data_dir: str | Path, output: str | Path, components: int | str = "auto",
                res: int = 128, holdout: float = 0.15, seed: int = 0, iters: int = 40,
                max_components: int = DEFAULT_MAX_COMPONENTS, out_res: int = 0,
-               overwrite: bool = False, rel_tol: float = 0.02, log=_log) -> dict:
+               overwrite: bool = False, rel_tol: float = 0.02, robust: float = 0.0, log=_log) -> dict:
     """Train masked PPCA and write the checkpoint. Returns its metadata (also in ganfit.json).
 
     ``components="auto"``: train ``max_components``, measure every leading count on the held-out
@@ -106,7 +108,7 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     t1 = time.time()
     if components == "auto":
         kmax = int(min(max_components, len(tr) - 1))
-        big = P.fit_ppca(tr.albedo, tr.weight, kmax, iters=iters, log=log)
+        big = P.fit_ppca(tr.albedo, tr.weight, kmax, iters=iters, robust=robust, log=log)
         if len(ho):
             # Every leading count of the big model is cheap to measure (one E-step each).
             errors = P.heldout_error(big, ho.albedo, ho.weight, hb, list(range(kmax + 1)))
@@ -117,10 +119,11 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
         shown = [kk for kk in errors if kk in DEFAULT_CANDIDATES or kk in (k, kmax)]
         log("held-out RMSE by components: " + ", ".join(f"{kk}: {errors[kk]['rmse']:.4f}" for kk in shown))
         log(f"chose {k} components; refitting")
-        model = P.fit_ppca(tr.albedo, tr.weight, k, iters=max(5, iters // 4), init=big, log=log)
+        model = P.fit_ppca(tr.albedo, tr.weight, k, iters=max(5, iters // 4), init=big, robust=robust,
+                           log=log)
     else:
         k = int(min(components, len(tr) - 1))
-        model = P.fit_ppca(tr.albedo, tr.weight, k, iters=iters, log=log)
+        model = P.fit_ppca(tr.albedo, tr.weight, k, iters=iters, robust=robust, log=log)
         if len(ho):
             errors = P.heldout_error(model, ho.albedo, ho.weight, hb,
                                      sorted({kk for kk in DEFAULT_CANDIDATES if kk <= k} | {k}))
@@ -130,7 +133,7 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     summary = ds.summary()
     meta_extra = {
         "model": "ppca", "components": model.k, "res": model.res, "noise_std": model.sigma2 ** 0.5,
-        "seed": seed, "holdout_fraction": holdout, "colour": "linear",
+        "seed": seed, "holdout_fraction": holdout, "colour": "linear", "robust": robust,
         "data": {**summary, "train_samples": len(tr), "heldout_samples": len(ho),
                  "builder": ds.meta.get("builder")},
         "heldout_persons": sorted({r.person for r in ho.records}),
@@ -180,7 +183,7 @@ def run_train(args) -> int:
             raise BadInputError(f"--res must be at least 8, got {args.res}")
         train_ppca(args.data, args.output, args.components, res=args.res, holdout=args.holdout,
                    seed=args.seed, iters=args.iters, max_components=args.max_components,
-                   out_res=args.out_res, overwrite=args.overwrite)
+                   out_res=args.out_res, overwrite=args.overwrite, robust=args.robust)
     except EngineError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return e.exit_code
