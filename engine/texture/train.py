@@ -97,48 +97,56 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     t_load = time.time() - t0
     train_idx, held_idx = D.split_by_person(data.records, holdout, seed)
     tr, ho = data.subset(train_idx), data.subset(held_idx)
+    # The held-out persons are halved again: the validation half chooses the component count,
+    # the test half gives the reported figures (with one held-out person, it does both).
+    vi, ti = D.split_by_person(ho.records, 0.5, seed + 2)
+    va, te = (ho.subset(vi), ho.subset(ti)) if vi and ti else (ho, ho)
     log(f"data: {len(data)} samples of {len({r.person for r in data.records})} persons at {res}px; "
-        f"training on {len(tr)}, holding out {len(ho)} ({time.time() - t0:.1f} s)")
+        f"training on {len(tr)}, validating on {len(va)}, testing on {len(te)} "
+        f"({time.time() - t0:.1f} s)")
     if len(tr) < 2:
         raise BadInputError(f"{data_dir} has too few samples to train on ({len(tr)} after holding out "
                             f"{len(ho)}); add photos to the dataset.")
-    hb = D.holdback_mask(len(ho), res, seed + 1) if len(ho) else None
+    hb_va = D.holdback_mask(len(va), res, seed + 1) if len(va) else None
+    hb_te = D.holdback_mask(len(te), res, seed + 1) if len(te) else None
     errors: dict[int, dict[str, float]] = {}
 
     t1 = time.time()
     if components == "auto":
         kmax = int(min(max_components, len(tr) - 1))
         big = P.fit_ppca(tr.albedo, tr.weight, kmax, iters=iters, robust=robust, log=log)
-        if len(ho):
+        if len(va):
             # Every leading count of the big model is cheap to measure (one E-step each).
-            errors = P.heldout_error(big, ho.albedo, ho.weight, hb, list(range(kmax + 1)))
+            errors = P.heldout_error(big, va.albedo, va.weight, hb_va, list(range(kmax + 1)))
             k = max(1, P.choose_k(errors, rel_tol))
         else:
             log("no persons held out (one person only): keeping all components")
             k = kmax
         shown = [kk for kk in errors if kk in DEFAULT_CANDIDATES or kk in (k, kmax)]
-        log("held-out RMSE by components: " + ", ".join(f"{kk}: {errors[kk]['rmse']:.4f}" for kk in shown))
+        log("validation RMSE by components: " + ", ".join(f"{kk}: {errors[kk]['rmse']:.4f}" for kk in shown))
         log(f"chose {k} components; refitting")
         model = P.fit_ppca(tr.albedo, tr.weight, k, iters=max(5, iters // 4), init=big, robust=robust,
                            log=log)
     else:
         k = int(min(components, len(tr) - 1))
         model = P.fit_ppca(tr.albedo, tr.weight, k, iters=iters, robust=robust, log=log)
-        if len(ho):
-            errors = P.heldout_error(model, ho.albedo, ho.weight, hb,
+        if len(te):
+            errors = P.heldout_error(model, te.albedo, te.weight, hb_te,
                                      sorted({kk for kk in DEFAULT_CANDIDATES if kk <= k} | {k}))
-    final = P.heldout_error(model, ho.albedo, ho.weight, hb, [0, model.k]) if len(ho) else {}
+    final = P.heldout_error(model, te.albedo, te.weight, hb_te, [0, model.k]) if len(te) else {}
     t_train = time.time() - t1
 
     summary = ds.summary()
     meta_extra = {
         "model": "ppca", "components": model.k, "res": model.res, "noise_std": model.sigma2 ** 0.5,
         "seed": seed, "holdout_fraction": holdout, "colour": "linear", "robust": robust,
-        "data": {**summary, "train_samples": len(tr), "heldout_samples": len(ho),
-                 "builder": ds.meta.get("builder")},
-        "heldout_persons": sorted({r.person for r in ho.records}),
-        "selection": {"rule": f"smallest count within {rel_tol:.0%} of the best held-out RMSE",
-                      "note": "chosen on the same held-out persons the figures are for"},
+        "data": {**summary, "train_samples": len(tr), "validation_samples": len(va),
+                 "heldout_samples": len(te), "builder": ds.meta.get("builder")},
+        "heldout_persons": sorted({r.person for r in te.records}),
+        "validation_persons": sorted({r.person for r in va.records}),
+        "selection": {"rule": f"smallest count within {rel_tol:.0%} of the best validation RMSE",
+                      "table": "validation persons" if components == "auto" else "test persons",
+                      "same_persons": va is te},
         "heldout_error_by_components": {str(kk): e for kk, e in errors.items()},
         "heldout_error": {("mean" if kk == 0 else "model"): e for kk, e in final.items()},
         "timings_s": {"load": round(t_load, 1), "train": round(t_train, 1)},
@@ -146,7 +154,7 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     write_checkpoint(model, out, meta_extra, out_res=out_res)
     meta_extra["size_bytes"] = out.stat().st_size
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {model.k} components at {model.res}px; "
-        + (f"held-out RMSE {final[model.k]['rmse']:.4f} (mean only {final[0]['rmse']:.4f}); " if final else "")
+        + (f"test RMSE {final[model.k]['rmse']:.4f} (mean only {final[0]['rmse']:.4f}); " if final else "")
         + f"{time.time() - t0:.0f} s")
     return meta_extra
 

@@ -96,7 +96,11 @@ def test_component_count_selection_picks_about_the_true_rank(trained):
     table = meta["heldout_error_by_components"]
     assert table["0"]["rmse"] > 3 * table[str(meta["components"])]["rmse"]
     assert meta["heldout_error"]["model"]["rmse"] < 2 * NOISE
-    assert meta["data"]["train_samples"] + meta["data"]["heldout_samples"] == 160
+    d = meta["data"]
+    assert d["train_samples"] + d["validation_samples"] + d["heldout_samples"] == 160
+    # Chosen on validation persons, reported on others: three disjoint groups of people.
+    assert set(meta["validation_persons"]).isdisjoint(meta["heldout_persons"])
+    assert not meta["selection"]["same_persons"]
 
 
 def test_training_is_deterministic_under_a_seed(synth, tmp_path):
@@ -268,7 +272,7 @@ def test_cli_train_eval_and_fit_with_the_checkpoint(synth, tmp_path):
     p = run("texture", "train", str(synth), "--model", "ppca", "-o", str(model), "--res", "16",
             "--max-components", "8", "--iters", "10", "--seed", "1", "--out-res", "64")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "held-out RMSE" in p.stderr
+    assert "test RMSE" in p.stderr
     p = run("texture", "eval", str(synth), str(model), "-o", str(tmp_path / "ev"))
     assert p.returncode == 0, p.stderr[-2000:]
     assert "RMSE" in p.stdout and (tmp_path / "ev" / "m-heldout.png").is_file()
