@@ -136,12 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
-    from .texture.train import add_eval_parser, add_train_parser
+    # Until merged with the dataset builder's engine/texture/cli.py (which calls the same hook).
+    from .texture import train_cli
     t = sub.add_parser("texture", help="texture model tools: train, eval")
     tsub = t.add_subparsers(dest="texture_command", metavar="TEXTURE_COMMAND")
     tsub.required = True
-    add_train_parser(tsub)
-    add_eval_parser(tsub)
+    train_cli.add_parser(tsub)
     return ap
 
 
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{k:>12}: {v}")
         return 0 if info.get("ok") else 1
     if args.command == "texture":
-        from .texture.train import run_eval, run_train
-        return run_train(args) if args.texture_command == "train" else run_eval(args)
+        from .texture import train_cli
+        return train_cli.main(args)
     ap.error(f"unknown command {args.command}")
     return 2
 
