@@ -1,0 +1,208 @@
+"""``python -m engine texture train DATA --model ppca -o MODEL.pt``: train a UV texture model.
+
+The checkpoint is the fitter's ``ganfit-texture-generator`` format (``engine/fit/texture.py``), so
+``python -m engine fit PHOTO --texture-model MODEL.pt`` loads it. Its ``ganfit.json`` also records
+the model type, the training data summary, the held-out persons and the held-out error table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import BadInputError, EngineError, OutputError
+
+# This module's top level is stdlib only: engine/cli.py builds its parser without torch.
+
+DEFAULT_CANDIDATES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 64)  # the counts a table shows
+DEFAULT_MAX_COMPONENTS = 48
+
+
+def _components(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number or 'auto', got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def add_train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a UV texture model from a texture dataset",
+                       description="Train a texture model on a dataset from 'texture dataset' and write "
+                                   "a generator checkpoint that 'fit --texture-model' loads.")
+    p.add_argument("data", help="the dataset folder (data.json, manifest.jsonl, shards)")
+    p.add_argument("--model", choices=("ppca",), default="ppca", help="model type (default ppca)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--components", type=_components, default="auto",
+                   help="number of components, or 'auto' = chosen by held-out error (default)")
+    p.add_argument("--max-components", type=int, default=DEFAULT_MAX_COMPONENTS,
+                   help=f"largest count tried by 'auto' (default {DEFAULT_MAX_COMPONENTS})")
+    p.add_argument("--res", type=int, default=128, help="working resolution in texels (default 128)")
+    p.add_argument("--out-res", type=int, default=0,
+                   help="the checkpoint's output size (default: the working resolution; the fitter "
+                        "resizes it to its atlas)")
+    p.add_argument("--holdout", type=float, default=0.15,
+                   help="fraction of persons held out for choosing and measuring (default 0.15)")
+    p.add_argument("--iters", type=int, default=40, help="EM iterations at most (default 40)")
+    p.add_argument("--robust", type=float, default=0.0,
+                   help="reweight outlying texels (Cauchy, this many noise stds; e.g. 3); 0 = off (default)")
+    p.add_argument("--seed", type=int, default=0, help="split and hold-back seed (default 0)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    return p
+
+
+def add_eval_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="held-out error table and sample/reconstruction sheets",
+                       description="Measure models on a dataset's held-out persons (those recorded in "
+                                   "each checkpoint) and write PNG sheets.")
+    p.add_argument("data", help="the dataset folder")
+    p.add_argument("models", nargs="+", help="checkpoints written by 'texture train'")
+    p.add_argument("-o", "--output", help="folder for the PNG sheets and eval.json (default: none)")
+    p.add_argument("--samples", type=int, default=8, help="random samples and reconstructions per sheet")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train_ppca(data_dir: str | Path, output: str | Path, components: int | str = "auto",
+               res: int = 128, holdout: float = 0.15, seed: int = 0, iters: int = 40,
+               max_components: int = DEFAULT_MAX_COMPONENTS, out_res: int = 0,
+               overwrite: bool = False, rel_tol: float = 0.02, robust: float = 0.0, log=_log) -> dict:
+    """Train masked PPCA and write the checkpoint. Returns its metadata (also in ganfit.json).
+
+    ``components="auto"``: train ``max_components``, measure every leading count on the held-out
+    persons, keep the smallest within ``rel_tol`` of the best held-out RMSE, and refit at it."""
+    from . import data as D
+    from . import ppca as P
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite to replace it, or choose another -o.")
+    if not out.parent.is_dir():
+        raise OutputError(f"The folder for {out} does not exist; create it first.")
+    t0 = time.time()
+    ds = D.TextureDataset(data_dir)
+    data = ds.load(res)
+    t_load = time.time() - t0
+    train_idx, held_idx = D.split_by_person(data.records, holdout, seed)
+    tr, ho = data.subset(train_idx), data.subset(held_idx)
+    # The held-out persons are halved again: the validation half chooses the component count,
+    # the test half gives the reported figures (with one held-out person, it does both).
+    vi, ti = D.split_by_person(ho.records, 0.5, seed + 2)
+    va, te = (ho.subset(vi), ho.subset(ti)) if vi and ti else (ho, ho)
+    log(f"data: {len(data)} samples of {len({r.person for r in data.records})} persons at {res}px; "
+        f"training on {len(tr)}, validating on {len(va)}, testing on {len(te)} "
+        f"({time.time() - t0:.1f} s)")
+    if len(tr) < 2:
+        raise BadInputError(f"{data_dir} has too few samples to train on ({len(tr)} after holding out "
+                            f"{len(ho)}); add photos to the dataset.")
+    hb_va = D.holdback_mask(len(va), res, seed + 1) if len(va) else None
+    hb_te = D.holdback_mask(len(te), res, seed + 1) if len(te) else None
+    errors: dict[int, dict[str, float]] = {}
+
+    t1 = time.time()
+    if components == "auto":
+        kmax = int(min(max_components, len(tr) - 1))
+        big = P.fit_ppca(tr.albedo, tr.weight, kmax, iters=iters, robust=robust, log=log)
+        if len(va):
+            # Every leading count of the big model is cheap to measure (one E-step each).
+            errors = P.heldout_error(big, va.albedo, va.weight, hb_va, list(range(kmax + 1)))
+            k = max(1, P.choose_k(errors, rel_tol))
+        else:
+            log("no persons held out (one person only): keeping all components")
+            k = kmax
+        shown = [kk for kk in errors if kk in DEFAULT_CANDIDATES or kk in (k, kmax)]
+        log("validation RMSE by components: " + ", ".join(f"{kk}: {errors[kk]['rmse']:.4f}" for kk in shown))
+        log(f"chose {k} components; refitting")
+        model = P.fit_ppca(tr.albedo, tr.weight, k, iters=max(5, iters // 4), init=big, robust=robust,
+                           log=log)
+    else:
+        k = int(min(components, len(tr) - 1))
+        model = P.fit_ppca(tr.albedo, tr.weight, k, iters=iters, robust=robust, log=log)
+        if len(te):
+            errors = P.heldout_error(model, te.albedo, te.weight, hb_te,
+                                     sorted({kk for kk in DEFAULT_CANDIDATES if kk <= k} | {k}))
+    final = P.heldout_error(model, te.albedo, te.weight, hb_te, [0, model.k]) if len(te) else {}
+    t_train = time.time() - t1
+
+    summary = ds.summary()
+    meta_extra = {
+        "model": "ppca", "components": model.k, "res": model.res, "noise_std": model.sigma2 ** 0.5,
+        "seed": seed, "holdout_fraction": holdout, "colour": "linear", "robust": robust,
+        "data": {**summary, "train_samples": len(tr), "validation_samples": len(va),
+                 "heldout_samples": len(te), "builder": ds.meta.get("builder")},
+        "heldout_persons": sorted({r.person for r in te.records}),
+        "validation_persons": sorted({r.person for r in va.records}),
+        "selection": {"rule": f"smallest count within {rel_tol:.0%} of the best validation RMSE",
+                      "table": "validation persons" if components == "auto" else "test persons",
+                      "same_persons": va is te},
+        "heldout_error_by_components": {str(kk): e for kk, e in errors.items()},
+        "heldout_error": {("mean" if kk == 0 else "model"): e for kk, e in final.items()},
+        "timings_s": {"load": round(t_load, 1), "train": round(t_train, 1)},
+    }
+    write_checkpoint(model, out, meta_extra, out_res=out_res)
+    meta_extra["size_bytes"] = out.stat().st_size
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {model.k} components at {model.res}px; "
+        + (f"test RMSE {final[model.k]['rmse']:.4f} (mean only {final[0]['rmse']:.4f}); " if final else "")
+        + f"{time.time() - t0:.0f} s")
+    return meta_extra
+
+
+def write_checkpoint(model, path: Path, extra: dict, out_res: int = 0) -> None:
+    """The ``ganfit-texture-generator`` checkpoint (via ``save_generator``) with ``extra`` merged
+    into its ganfit.json. Written beside the target and renamed, so a failure leaves no half file."""
+    import torch
+
+    from ..fit.texture import save_generator
+    from . import ppca as P
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_generator(P.PPCAGenerator(model, out_res), tmp, latent_dim=model.k, output_range="0,1")
+        files = {"ganfit.json": ""}
+        module = torch.jit.load(str(tmp), _extra_files=files)
+        meta = json.loads(files["ganfit.json"])
+        meta.update({k: v for k, v in extra.items() if k not in meta})
+        torch.jit.save(module, str(tmp), _extra_files={"ganfit.json": json.dumps(meta)})
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"Could not write {path}: {e}") from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run_train(args) -> int:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        if args.res < 8:
+            raise BadInputError(f"--res must be at least 8, got {args.res}")
+        train_ppca(args.data, args.output, args.components, res=args.res, holdout=args.holdout,
+                   seed=args.seed, iters=args.iters, max_components=args.max_components,
+                   out_res=args.out_res, overwrite=args.overwrite, robust=args.robust)
+    except EngineError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+def run_eval(args) -> int:
+    from .evaluate import evaluate
+    try:
+        evaluate(args.data, args.models, args.output, samples=args.samples, seed=args.seed)
+    except EngineError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    return 0
