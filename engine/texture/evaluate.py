@@ -58,7 +58,10 @@ def fit_latent(module, dim: int, albedo: torch.Tensor, weight: torch.Tensor, ste
     import torch.nn.functional as F
     r = albedo.shape[-1]
     z = torch.zeros(len(albedo), dim, requires_grad=True)
-    opt = torch.optim.Adam([z], lr=lr)
+    # The engine's own Adam, not torch.optim's: that one imports torch._dynamo, which is slow and,
+    # on Python 3.13 with bpy 5.1.2 loaded in the same process, crashed (a segfault in the suite).
+    from ..fit.optim import Adam
+    opt = Adam([{"params": [z], "lr": lr}])
 
     def render(zz):
         img = module(zz)
