@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..camera import Intrinsics
+from ..errors import MissingModelError
 from ..lighting import exposure_from_white_point
 from .config import FitConfig
 from .hooks import Hooks
@@ -33,6 +34,19 @@ from .texture import TexelTexture, TextureModel
 
 # The steps in the order ``run`` takes them (``run.py`` names its progress stages after them).
 STEPS = ("detect", "coarse", "unwrap", "fine", "albedo", "write")
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu`` or ``cuda`` (a clear error when
+    torch sees no GPU)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise MissingModelError("CUDA was requested but this torch build sees no CUDA GPU. Use "
+                                    "--device cpu, or install a CUDA build of torch.")
+        return torch.device("cuda")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass

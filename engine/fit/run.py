@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CancelledError, EngineError, MissingModelError
+from ..errors import CancelledError, EngineError
 from ..io import output
 from ..protocol import Emitter, is_cancel
 
@@ -251,7 +251,7 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     timings: dict[str, float] = {}
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    device = _pick_device(args.device)
+    device = pipeline.pick_device(args.device)
     ctx = render.create_context(device)
     run.emit.send("hello", engine=__version__, python=platform.python_version(), torch=torch.__version__,
                   device=str(device), backend=ctx.backend, threads=threads, pid=os.getpid(),
@@ -331,18 +331,6 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     run.emit.send("result", dir=str(out), result_json=str(out / "result.json"), summary=summary,
                   warnings=list(run.warnings))
     return True
-
-
-def _pick_device(name: str):
-    import torch
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise MissingModelError("CUDA was requested but this torch build sees no CUDA GPU. Use "
-                                    "--device cpu, or install a CUDA build of torch.")
-        return torch.device("cuda")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _texture_factory(args, device, cfg):

@@ -221,9 +221,7 @@ class Builder:
 
         if threads:
             torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = pipeline.pick_device(device)
         self.res = res
         cfg = get_config(preset, seed=seed).capped(max_steps)
         if recognizer == "none":

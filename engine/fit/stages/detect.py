@@ -5,7 +5,6 @@ face model)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +14,6 @@ import torch
 from ...errors import MissingModelError
 from ..crop import Crop, make_crop
 from ..losses import LandmarkTargets
-
-log = logging.getLogger("engine.fit")
 
 # Below this face-box side (photo pixels) the texture has too few pixels to be more than a blur,
 # and the landmarks are noisy: the result says so.
