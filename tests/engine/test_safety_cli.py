@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +76,35 @@ def snapshot(root: Path) -> dict[str, str]:
 def fit(photo: Path, out: Path, *extra: str, tmpdir: Path | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
     p = run_engine("fit", str(photo), "-o", str(out), "--json-progress", *QUICK, *extra, tmpdir=tmpdir)
     return p, messages(p.stdout)
+
+
+def fit_with_action(args: list[str], when, action, env: dict, stdin=subprocess.DEVNULL,
+                    timeout: float = 300) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run ``engine fit ARGS`` and call ``action(proc)`` on the first protocol message for which
+    ``when(msg)`` is true (a signal, a file removed mid-fit); then wait for the end. stderr goes
+    to an anonymous temporary file, so a chatty engine can never block on a full pipe."""
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as err:
+        proc = subprocess.Popen(engine_cmd("fit", *args), stdout=subprocess.PIPE, stderr=err, stdin=stdin,
+                                text=True, cwd=REPO, env=env)
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                m = decode(line)
+                if m and when(m):
+                    action(proc)
+                    break
+            rest, _ = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        err.seek(0)
+        out = "".join(lines) + rest
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err.read()), messages(out)
+
+
+def stage_is(name: str):
+    return lambda m: m["type"] == "stage" and m["name"] == name
 
 
 def assert_error(p, msgs, exit_code: int, code: str, *words: str) -> dict:
@@ -442,26 +472,13 @@ def test_sigterm_while_writing_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.Popen(engine_cmd("fit", str(PHOTO), "-o", str(out), "--json-progress", *QUICK, "--report"),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE,
-                            text=True, cwd=REPO, env=_env(tmp))
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            m = decode(line)
-            if m and m["type"] == "stage" and m["name"] == "write":
-                proc.send_signal(signal.SIGTERM)
-                break
-        rest, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    msgs = messages("".join(lines) + rest)
-    if proc.returncode == 0:  # the write finished before the signal landed: then it is whole
+    p, msgs = fit_with_action([str(PHOTO), "-o", str(out), "--json-progress", *QUICK, "--report"],
+                              stage_is("write"), lambda proc: proc.send_signal(signal.SIGTERM), _env(tmp),
+                              stdin=subprocess.PIPE, timeout=60)
+    if p.returncode == 0:  # the write finished before the signal landed: then it is whole
         assert_whole_result(out)
     else:
-        assert proc.returncode == 130 and msgs[-1]["code"] == "cancelled"
+        assert p.returncode == 130 and msgs[-1]["code"] == "cancelled"
         assert not out.exists()
     assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["tmp"] + (["out"] if out.exists() else []))
     assert list(tmp.iterdir()) == []  # no ganfit-preview-* left
@@ -495,24 +512,9 @@ def test_output_folder_removed_while_fitting(tmp_path):
     """A clean-up (or the user) deletes the folder the result is being written in mid-fit."""
     parent = tmp_path / "parent"
     parent.mkdir()
-    proc = subprocess.Popen(engine_cmd("fit", str(PHOTO), "-o", str(parent / "out"), "--json-progress", *QUICK),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, cwd=REPO, env=_env())
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            m = decode(line)
-            if m and m["type"] == "stage" and m["name"] == "coarse":
-                shutil.rmtree(parent)
-                break
-        rest, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    msgs = messages("".join(lines) + rest)
-    assert_error(subprocess.CompletedProcess(proc.args, proc.returncode, rest, err), msgs, 6, "output",
-                 "disappeared")
+    p, msgs = fit_with_action([str(PHOTO), "-o", str(parent / "out"), "--json-progress", *QUICK],
+                              stage_is("coarse"), lambda proc: shutil.rmtree(parent), _env())
+    assert_error(p, msgs, 6, "output", "disappeared")
     assert list(tmp_path.iterdir()) == []  # nothing re-created
 
 
@@ -574,22 +576,10 @@ def test_small_face_warning_reaches_the_result(tmp_path):
 def test_photo_that_disappears_after_it_was_read(tmp_path):
     photo = tmp_path / "me.png"
     shutil.copyfile(PHOTO, photo)
-    proc = subprocess.Popen(engine_cmd("fit", str(photo), "-o", str(tmp_path / "out"), "--json-progress", *QUICK),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, cwd=REPO, env=_env())
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            m = decode(line)
-            if m and m["type"] == "stage" and m["name"] == "detect":
-                photo.unlink()  # e.g. a camera app or sync client moves it away
-                break
-        rest, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]  # it was read whole at the load stage
+    # e.g. a camera app or sync client moves it away
+    p, _ = fit_with_action([str(photo), "-o", str(tmp_path / "out"), "--json-progress", *QUICK],
+                           stage_is("detect"), lambda proc: photo.unlink(), _env())
+    assert p.returncode == 0, p.stderr[-3000:]  # it was read whole at the load stage
     r = assert_whole_result(tmp_path / "out")
     assert r["photo"] == str(photo) and sorted(x.name for x in tmp_path.iterdir()) == ["out"]
 
@@ -634,22 +624,11 @@ def test_sighup_cancels_cleanly(tmp_path):
     out = tmp_path / "out"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.Popen(engine_cmd("fit", str(PHOTO), "-o", str(out), "--json-progress", "--preset", "fast",
-                                       "--recognizer", "none"),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE,
-                            text=True, cwd=REPO, env=_env(tmp))
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            m = decode(line)
-            if m and m["type"] == "progress" and m["stage"] == "fine":
-                proc.send_signal(signal.SIGHUP)
-                break
-        rest, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130
-    assert messages("".join(lines) + rest)[-1]["code"] == "cancelled"
+    p, msgs = fit_with_action([str(PHOTO), "-o", str(out), "--json-progress", "--preset", "fast",
+                               "--recognizer", "none"],
+                              lambda m: m["type"] == "progress" and m["stage"] == "fine",
+                              lambda proc: proc.send_signal(signal.SIGHUP), _env(tmp),
+                              stdin=subprocess.PIPE, timeout=60)
+    assert p.returncode == 130
+    assert msgs[-1]["code"] == "cancelled"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["tmp"] and list(tmp.iterdir()) == []
