@@ -230,3 +230,27 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path):
     assert all(x["status"] == "ok" for x in lines)
     # The resumed photos went to a new shard; the first one was left as it was.
     assert {x["shard"] for x in lines} == {"shard-00000.npz", "shard-00001.npz"}
+
+
+@pytest.mark.parametrize("flag,value,says", [("--limit", "-1", "at least 0"), ("--threads", "0", "at least 1"),
+                                             ("--seed", "x", "whole number"), ("--max-steps", "0", "at least 1")])
+def test_numeric_flags_are_checked(tmp_path, flag, value, says):
+    (tmp_path / "p.jpg").write_bytes(b"")
+    r = _run(tmp_path / "p.jpg", "-o", tmp_path / "d", flag, value)
+    assert r.returncode == 2 and flag in r.stderr and says in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.needs_shared("faces", "congress-pd")
+def test_setup_failure_leaves_no_folder(tmp_path):
+    """The builder's setup fails before any photo (no CUDA here): the folders it made are gone,
+    a folder that was there before stays."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    r = _run(CONGRESS, "-o", tmp_path / "new" / "deeper" / "d", "--device", "cuda")
+    assert r.returncode != 0 and "CUDA" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    r = _run(CONGRESS, "-o", tmp_path / "kept", "--device", "cuda")
+    assert r.returncode != 0 and (tmp_path / "kept").is_dir() and list((tmp_path / "kept").iterdir()) == []
