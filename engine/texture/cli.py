@@ -39,6 +39,9 @@ def _dataset_parser(sub) -> None:
     p.add_argument("--threads", type=whole(1), default=None, help="torch CPU threads, at least 1")
     p.add_argument("--recognizer", choices=("dlib", "arcface", "none"), default="dlib",
                    help="identity loss of the balanced/best fit (none: skip it)")
+    p.add_argument("--strict-licence", action="store_true",
+                   help="leave out photos outside their source's stricter licence subset (congress-pd: "
+                        "members who left before the 110th Congress, see its LICENSE.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet (albedo | weight, face box, "
                    "first 24 samples) of the dataset to this PNG")
@@ -66,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
             counts = build(args.inputs, args.output, res=args.res, preset=args.preset, limit=args.limit,
                            retry_failed=args.retry_failed, seed=args.seed, device=args.device,
                            max_steps=args.max_steps, recognizer=args.recognizer, threads=args.threads,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, strict_licence=args.strict_licence)
         except FileNotFoundError as e:
             raise SystemExit(f"error: {e}") from None
         except EngineError as e:

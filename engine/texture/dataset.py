@@ -393,8 +393,11 @@ def _make_folder(out: Path) -> list[Path]:
 def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "balanced",
           limit: int | None = None, retry_failed: bool = False, seed: int = 0, device: str = "cpu",
           max_steps: int | None = None, recognizer: str = "dlib", threads: int | None = None,
-          progress: bool = True) -> dict:
-    """Build or resume the dataset; returns counts {"ok", "failed", "skipped", "stopped"}."""
+          progress: bool = True, strict_licence: bool = False) -> dict:
+    """Build or resume the dataset; returns counts {"ok", "failed", "skipped", "stopped"}.
+
+    ``strict_licence``: leave out photos outside their source's stricter licence subset
+    (``flags.pd_strict`` false), as ``texture train --strict-licence`` would."""
     from tqdm import tqdm
 
     from .. import __version__
@@ -403,6 +406,12 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
     out = Path(out).expanduser()
     _check_out(out, res)
     sources = collect(inputs)
+    if strict_licence:
+        left = [s for s in sources if s.flags.get("pd_strict", True) is not False]
+        if len(left) < len(sources):
+            print(f"--strict-licence: {len(sources) - len(left)} photos outside their source's stricter "
+                  "licence subset left out", file=sys.stderr)
+        sources = left
     created = _make_folder(out)
     manifest = out / "manifest.jsonl"
     done = read_manifest(manifest)

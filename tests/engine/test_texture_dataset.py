@@ -254,3 +254,17 @@ def test_setup_failure_leaves_no_folder(tmp_path):
     (tmp_path / "kept").mkdir()
     r = _run(CONGRESS, "-o", tmp_path / "kept", "--device", "cuda")
     assert r.returncode != 0 and (tmp_path / "kept").is_dir() and list((tmp_path / "kept").iterdir()) == []
+
+
+@pytest.mark.needs_shared("faces", "congress-pd")
+def test_strict_licence_leaves_out_older_congress_portraits(tmp_path):
+    """A000121 and A000212 left before the 110th Congress (metadata.csv), A000014 after."""
+    from engine.texture.dataset import collect
+    folder = CONGRESS.parent
+    flags = {s.id: s.flags for s in collect([str(folder / n) for n in ("A000121.jpg", "A000212.jpg", "A000014.jpg")])}
+    assert [f["pd_strict"] for f in flags.values()] == [False, False, True]
+    r = _run(folder / "A000121.jpg", folder / "A000212.jpg", folder / "A000014.jpg", "-o", tmp_path / "d",
+             "--strict-licence", "--limit", "0")
+    assert r.returncode == 0, r.stderr
+    assert "2 photos outside their source's stricter licence subset left out" in r.stderr
+    assert "1 photos: 0 already done, 0 to do" in r.stderr
