@@ -147,6 +147,8 @@ def _run(args: argparse.Namespace) -> int:
         runner.stop()
         print("\nstopping: the photos being fitted are dropped (redone on resume); finished results and "
               "the manifest stay whole. Press Ctrl-C again to stop at once.", file=sys.stderr)
+        if runner.abort_on_stop:  # Ray: waiting for the next result could take a whole fit
+            raise KeyboardInterrupt
 
     for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
         try:
@@ -159,6 +161,7 @@ def _run(args: argparse.Namespace) -> int:
                dynamic_ncols=True, desc="batch")
     setup_error = None
     try:
+        runner.start()
         log(f"fitting with {runner.describe()}, preset {args.preset}")
         for photo, res in runner.results(todo.run):
             status = res.get("status")
@@ -181,7 +184,10 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 log(f"FAILED {photo.name} (exit {res.get('exit_code')}, {res.get('code')}): {res.get('error')}")
             bar.set_postfix(ok=counts["ok"], failed=counts["failed"], refresh=False)
+    except KeyboardInterrupt:
+        stop.set()
     finally:
+        runner.close()
         bar.close()
         for sig, h in old.items():
             signal.signal(sig, h)

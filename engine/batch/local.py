@@ -77,6 +77,14 @@ class LocalRunner:
         self._pool: ProcessPoolExecutor | None = None
         self._crashes: dict[str, int] = {}  # photo id -> pools that broke while it was fitted
 
+    abort_on_stop = False  # the fits see the stop between steps
+
+    def start(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
     def describe(self) -> str:
         return f"{self.workers} worker process{'es' if self.workers > 1 else ''} x {self.threads} threads"
 

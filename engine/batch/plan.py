@@ -107,6 +107,9 @@ def prepare_out_dir(out: str | Path) -> tuple[Path, list[Path]]:
     except FileNotFoundError:
         st = None
     except OSError as e:
+        if e.errno == errno.ENOTDIR:
+            raise OutputError(f"The output path {out} goes through a file where a folder should be. Choose "
+                              "another folder.") from e
         raise OutputError(f"Cannot use the output folder {out}: {e.strerror or e}") from e
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise OutputError(f"The output path exists and is not a folder: {out}. Give a folder (new, empty, or "
