@@ -122,6 +122,8 @@ class LocalRunner:
                 self._drain(running)
                 for f in done:
                     p = futures[f]
+                    if f.cancelled():  # never started: redone on resume
+                        continue
                     try:
                         res = f.result()
                     except BrokenProcessPool:
