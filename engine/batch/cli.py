@@ -69,7 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--texture-model", default="texel",
                    help="'texel' (default) or a generator checkpoint (.pt)")
     p.add_argument("--landmarks", choices=("mediapipe", "fan"), default="mediapipe")
-    p.add_argument("--focal-35mm", type=float,
+    from ..cli import _focal_35mm  # the fit command's type: same range, same message
+    p.add_argument("--focal-35mm", type=_focal_35mm,
                    help="35 mm-equivalent focal length of every photo (default: each photo's EXIF, else 50)")
     p.add_argument("--max-steps", type=whole(1), help="cap the optimisation steps of each stage (tests)")
     p.add_argument("--threads", type=whole(1),
@@ -96,14 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import __version__
-    from ..cli import FOCAL_35MM_RANGE
     from ..errors import BadInputError
     from . import plan as P
 
-    if args.focal_35mm is not None and not FOCAL_35MM_RANGE[0] <= args.focal_35mm <= FOCAL_35MM_RANGE[1]:
-        print(f"error: --focal-35mm must be between {FOCAL_35MM_RANGE[0]:g} and {FOCAL_35MM_RANGE[1]:g}",
-              file=sys.stderr)
-        return 2
     photos, skipped_files = P.collect(args.photos_dir)
     out_abs = Path(args.output).expanduser().absolute()
     if out_abs == Path(args.photos_dir).expanduser().absolute():
