@@ -9,7 +9,6 @@ file lock and fsync'ed, so it stays whole when the batch is killed and when seve
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import math
 import os
@@ -21,6 +20,11 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX
+except ImportError:  # Windows: no advisory locks; one batch per OUT_DIR, dead workers' folders stay
+    fcntl = None
 
 from ..contract import read_result_json
 from ..errors import BadInputError, OutputError
@@ -204,7 +208,8 @@ class Manifest:
         line = (json.dumps(_clean(rec), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             # a partial line left by a killed writer: start ours on a line of its own
             size = os.fstat(fd).st_size
             if size:
@@ -285,7 +290,8 @@ class Scratch:
                     raise
         (self.path / SCRATCH_MARKER).write_text("made by python -m engine batch\n", encoding="utf-8")
         self._fd = os.open(self.path / SCRATCH_MARKER, os.O_RDONLY)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -301,7 +307,7 @@ def _host() -> str:
 def sweep(out: Path) -> int:
     """Remove the scratch folders of dead workers of this host. Returns how many."""
     root = out / SCRATCH
-    if not root.is_dir():
+    if not root.is_dir() or fcntl is None:
         return 0
     n = 0
     for d in root.iterdir():
