@@ -28,6 +28,11 @@ EXIT_STOPPED = 130
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    fit = sub.choices.get("fit")  # the fit options' defaults follow the fit command's
+
+    def default(name: str, fallback):
+        return fallback if fit is None or fit.get_default(name) is None else fit.get_default(name)
+
     p = sub.add_parser(
         "batch", help="fit every photo of a folder (one result folder each; resumable; Ray)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=whole(1), default=1,
                    help="worker processes (or Ray actors), each with its own copy of the models "
                         "(default 1; the CPU threads are split between them)")
-    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
+    p.add_argument("--preset", choices=PRESET_NAMES, default=default("preset", DEFAULT_PRESET),
                    help=f"speed/quality trade-off (default: {DEFAULT_PRESET})")
     p.add_argument("--shard", type=parse_shard, metavar="i/N",
                    help="fit only shard i of N (0 <= i < N; by a hash of the photo name), e.g. one machine "
@@ -56,19 +61,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "Needs `pip install ganfit-engine[ray]`")
     p.add_argument("--retry-failed", action="store_true",
                    help="also retry photos that already failed twice")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default("device", "auto"),
                    help="auto = CUDA when available, else CPU (with --ray: each actor gets a GPU when the "
                         "cluster has them)")
     p.add_argument("--seed", type=whole(0, 2 ** 32 - 1), default=0, help="random seed of every fit")
     p.add_argument("--texture-res", type=int, choices=(256, 512, 1024, 2048),
                    help="albedo atlas size (default: from the preset)")
     p.add_argument("--neutral", action="store_true", help="fit identity only, with a neutral expression")
-    p.add_argument("--recognizer", choices=("dlib", "arcface", "none"), default="dlib",
+    p.add_argument("--recognizer", choices=("dlib", "arcface", "none"), default=default("recognizer", "dlib"),
                    help="face recogniser for the identity losses")
     p.add_argument("--recognizer-path", help="path to the recogniser weights (arcface .onnx)")
-    p.add_argument("--texture-model", default="texel",
-                   help="'texel' (default) or a generator checkpoint (.pt)")
-    p.add_argument("--landmarks", choices=("mediapipe", "fan"), default="mediapipe")
+    p.add_argument("--texture-model", default=default("texture_model", "texel"),
+                   help="as fit's --texture-model (default: the same as fit's)")
+    p.add_argument("--landmarks", choices=("mediapipe", "fan"), default=default("landmarks", "mediapipe"))
     from ..cli import _focal_35mm  # the fit command's type: same range, same message
     p.add_argument("--focal-35mm", type=_focal_35mm,
                    help="35 mm-equivalent focal length of every photo (default: each photo's EXIF, else 50)")

@@ -131,3 +131,17 @@ def test_sweep_removes_only_dead_workers_scratch(tmp_path):
     os.close(fd)
     live.close()
     assert not live.path.exists()
+
+
+def test_batch_takes_the_fit_commands_options_and_defaults():
+    from engine.cli import build_parser
+    from engine.fit.session import FitOptions
+    ap = build_parser()
+    fit = ap.parse_args(["fit", "a.jpg", "-o", "o"])
+    batch = ap.parse_args(["batch", "d", "-o", "o"])
+    assert FitOptions.from_args(batch) == FitOptions.from_args(fit)  # same settings unless told
+    for name in FitOptions.__dataclass_fields__:
+        assert hasattr(fit, name), name  # every session option is a fit option
+    b = ap.parse_args(["batch", "d", "-o", "o", "--preset", "fast", "--max-steps", "3", "--threads", "2",
+                       "--workers", "2", "--shard", "1/3"])
+    assert FitOptions.from_args(b).preset == "fast" and b.shard == (1, 3) and b.workers == 2
