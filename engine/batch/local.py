@@ -45,6 +45,10 @@ def _fit_task(photo_id: str, photo: str, result: str) -> dict:
     from ..fit.session import FitOptions, load_session
 
     _W["started"].put((photo_id, os.getpid()))
+    stopped = {"status": "cancelled", "exit_code": 130, "code": "cancelled", "error": "stopped before the fit",
+               "worker": _W["worker"]}
+    if _W["cancel"].is_set():  # stopped while this task waited (or while the models loaded)
+        return stopped
     if _W["session"] is None:
         try:
             _W["scratch"] = Scratch(_W["out"])
@@ -56,6 +60,8 @@ def _fit_task(photo_id: str, photo: str, result: str) -> dict:
             return {"status": "setup_failed", "exit_code": 6, "code": "output",
                     "error": f"Cannot create the worker's temporary folder in {_W['out']}: {e.strerror or e}",
                     "worker": _W["worker"]}
+        if _W["cancel"].is_set():
+            return stopped
     res = _W["session"].fit_photo(photo, result, cancel=_W["cancel"].is_set).as_dict()
     res["worker"] = _W["worker"]
     return res

@@ -200,6 +200,8 @@ class FitSession:
             warnings.append(message)
 
         opts = self.options
+        if cancel():
+            raise CancelledError("The fit was cancelled.")
         photo = load_photo(photo_path)
         H, W = photo.shape[:2]
         f35 = opts.focal_35mm or read_exif_focal_35mm(photo_path)
