@@ -2,6 +2,7 @@
 
 Commands:
   fit PHOTO -o OUTDIR     fit the face model to one photo and write a result folder
+  batch DIR -o OUTDIR     fit every photo of a folder (resumable; --workers, --ray; docs/batch.md)
   detect PHOTO            detect faces and landmarks (``--json`` for one JSON object)
   render-model -o PNG     render the neutral face and random identities/expressions
   check                   self-check: versions, device, backends, models
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _fit_parser(sub)
+    from .batch.cli import add_parser as add_batch_parser
+    add_batch_parser(sub)
 
     d = sub.add_parser("detect", help="detect faces and landmarks in a photo")
     d.add_argument("photo")
@@ -138,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fit":
         from .fit.run import run_cli
         return run_cli(args)
+    if args.command == "batch":
+        from .batch.cli import main as batch_main
+        return batch_main(args)
     if args.command == "detect":
         return _detect(args)
     if args.command == "texture":

@@ -216,27 +216,19 @@ class Builder:
                  max_steps: int | None = None, recognizer: str = "dlib", threads: int | None = None):
         import torch
 
-        from .. import render
-        from ..fit import pipeline
-        from ..fit.config import get_config
-        from ..models.facemodel import load_face_model
+        from ..fit.session import FitOptions, FitSession
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = pipeline.pick_device(device)
+        # The fit's models, loaded once (the batch command's FitSession); a dataset is always built
+        # with the per-texel texture, whatever the fit command's default texture model is.
+        session = FitSession(FitOptions(preset=preset, device=device, seed=seed, max_steps=max_steps,
+                                        recognizer=recognizer, threads=threads, texture_model="texel"))
+        self.device = session.device
         self.res = res
-        cfg = get_config(preset, seed=seed).capped(max_steps)
-        if recognizer == "none":
-            from dataclasses import replace
-            cfg = replace(cfg, identity=False)
-        self.cfg = cfg
-        self.ctx = render.create_context(self.device)
-        model = load_face_model(self.device)
-        rec = None
-        if cfg.identity:
-            from ..perception.recognizer import load_recognizer
-            rec = load_recognizer(recognizer, device=self.device)
-        self.env = pipeline.Env(model, cfg, self.ctx, self.device, rec)
+        self.cfg = session.cfg
+        self.ctx = session.ctx
+        model = session.model
+        rec = session.recognizer
+        self.env = session.env
         from ..fit import uvspace
         self.uvr = uvspace.uv_raster(self.ctx, model, res)
         names = model.region_names
