@@ -284,6 +284,8 @@ def train_gan(cfg: GanConfig, log=_log) -> dict | None:
     """Train (or resume) and write the exported EMA generator to ``cfg.output``. Returns the
     checkpoint metadata on rank 0, None on other ranks."""
     _check_config(cfg)
+    if cfg.kid_every:
+        _kid_metric(2)  # fail now, before any file is written, when torchmetrics is missing
     dd = _Dist(cfg.device)
     try:
         return _train(cfg, dd, log)
@@ -414,8 +416,6 @@ def _train(cfg: GanConfig, dd: _Dist, log) -> dict | None:
     g_kid = torch.Generator().manual_seed(cfg.seed + 11)
     kid_idx = torch.randperm(len(tr), generator=g_kid)[:kid_n]
     kid_z = torch.randn(kid_n, arch["latent"], generator=g_kid)
-    if cfg.kid_every and dd.main:
-        _kid_metric(kid_n)  # fail now, not after hours, when torchmetrics is missing
     kids: list[dict] = list(state.get("kid", [])) if state is not None else []
     batch_total = cfg.batch * dd.world
 
