@@ -445,7 +445,9 @@ def _train(cfg: GanConfig, dd: _Dist, log) -> dict | None:
     t_train = time.time()
     start_step = step
     losses = {}
+    step_times: list[float] = []  # per training step (the periodic sampling/KID/saving excluded)
     while step < cfg.steps:
+        t_step = time.time()
         real, weight = next(it)
         real = real.to(device, non_blocking=True)
         weight = weight.to(device, non_blocking=True)
@@ -513,7 +515,8 @@ def _train(cfg: GanConfig, dd: _Dist, log) -> dict | None:
             for be, b in zip(G_ema.buffers(), G.buffers()):
                 be.copy_(b)
 
-        losses.update(d=float(loss_d.detach()), g=float(loss_g.detach()))
+        losses.update(d=float(loss_d.detach()), g=float(loss_g.detach()))  # (also syncs the GPU)
+        step_times.append(time.time() - t_step)
         bar.update(1)
         if step % 10 == 0 or step == cfg.steps:
             bar.set_postfix(d=f"{losses['d']:.3f}", g=f"{losses['g']:.3f}")
@@ -536,11 +539,18 @@ def _train(cfg: GanConfig, dd: _Dist, log) -> dict | None:
     if not dd.main:
         return None
     s_per_step = dt / max(done, 1)
+    # Steady state: the median step after a warm-up (the first steps allocate and tune kernels).
+    warm = sorted(step_times[min(3, len(step_times) // 2):]) or [s_per_step]
+    med = warm[len(warm) // 2]
     timing = {"load": round(t_load, 1), "train": round(dt, 1), "steps": done,
-              "s_per_step": round(s_per_step, 4), "images_per_s": round(done * batch_total / max(dt, 1e-9), 2)}
+              "s_per_step": round(s_per_step, 4), "images_per_s": round(done * batch_total / max(dt, 1e-9), 2),
+              "median_s_per_step": round(med, 4), "median_images_per_s": round(batch_total / max(med, 1e-9), 2)}
+    if device.type == "cuda":
+        timing["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
     if done:
         log(f"trained {done} steps in {dt:.1f} s: {s_per_step:.3f} s/step, "
-            f"{timing['images_per_s']:.1f} images/s ({dd.world} x batch {cfg.batch})")
+            f"{timing['images_per_s']:.1f} images/s overall, median step {med:.3f} s = "
+            f"{timing['median_images_per_s']:.1f} images/s ({dd.world} x batch {cfg.batch})")
     from .train import write_generator
     meta = {"model": "gan", "res": arch["res"], "arch": arch, "steps": step, "images_seen": cur_nimg,
             "seed": cfg.seed, "holdout_fraction": cfg.holdout, "colour": "linear",
