@@ -90,9 +90,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     n.add_argument("--batch", type=int, help="batch size (gan: per process; default: vae 32, gan 8)")
     n.add_argument("--lr", type=float, help="learning rate (default 0.002)")
     n.add_argument("--channel-base", type=int, default=None,
-                   help="feature maps at resolution r = base / r (default: vae 2048, gan 4096)")
+                   help="feature maps at resolution r = base / r (default: vae 512, gan 4096)")
     n.add_argument("--channel-max", type=int, default=None,
-                   help="at most this many feature maps (default: vae 128, gan 256)")
+                   help="at most this many feature maps (default: vae 64, gan 256)")
     n.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = a GPU when torch sees one (under torchrun: the LOCAL_RANK'th)")
     n.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -283,7 +283,7 @@ def run_train(args) -> int:
             from .vae import VaeConfig, train_vae
             train_vae(VaeConfig(
                 data=args.data, output=args.output, res=args.res, latent=_latent(args),
-                channel_base=args.channel_base or 2048, channel_max=args.channel_max or 128,
+                channel_base=args.channel_base or 512, channel_max=args.channel_max or 64,
                 batch=args.batch or 32, steps=args.steps or 3000, lr=args.lr or 0.002,
                 holdout=args.holdout, seed=args.seed, device=args.device, out_res=args.out_res,
                 overwrite=args.overwrite, progress=not args.no_progress))

@@ -37,8 +37,8 @@ class VaeConfig:
     output: str
     res: int = 128
     latent: int = 32
-    channel_base: int = 2048
-    channel_max: int = 128
+    channel_base: int = 512
+    channel_max: int = 64
     batch: int = 32
     steps: int = 3000
     lr: float = 0.002
