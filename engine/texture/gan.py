@@ -145,9 +145,11 @@ class _Dist:
 
 class RandomFeatures(nn.Module):
     """The KID feature extractor: a fixed, randomly initialised conv net (seed 1234) on the masked
-    UV (3 channels x mask + the mask) at 64x64 -> 256 features (channel means and stds of two
-    layers). Random conv features are sensitive to colour and local texture statistics; they are
-    not Inception features, so the KID it gives is only comparable between runs of this trainer."""
+    UV (3 channels x mask + the mask) at 64x64 -> 128 features (channel means and stds of two
+    layers), standardised by the statistics of the real set it is calibrated on (``calibrate``),
+    so that the polynomial kernel sees features of unit scale. Random conv features are sensitive
+    to colour and local texture statistics; they are not Inception features, so the KID it gives
+    is only comparable between runs of this trainer on the same data."""
 
     def __init__(self):
         super().__init__()
@@ -156,8 +158,10 @@ class RandomFeatures(nn.Module):
         self.weights = nn.ParameterList([
             nn.Parameter(torch.randn(co, ci, 3, 3, generator=g) / math.sqrt(ci * 9), requires_grad=False)
             for ci, co in zip(chans[:-1], chans[1:])])
+        self.register_buffer("shift", torch.zeros(2 * (chans[2] + chans[3])))
+        self.register_buffer("scale", torch.ones(2 * (chans[2] + chans[3])))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x.float(), size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
         feats = []
         for i, w in enumerate(self.weights):
@@ -165,6 +169,15 @@ class RandomFeatures(nn.Module):
             if i >= 1:
                 feats += [x.mean([2, 3]), x.std([2, 3])]
         return torch.cat(feats, 1)
+
+    def calibrate(self, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            f = torch.cat([self.raw(x[s:s + 64]) for s in range(0, len(x), 64)])
+            self.shift.copy_(f.mean(0))
+            self.scale.copy_(f.std(0).clamp_min(1e-8) if len(f) > 1 else torch.ones_like(self.scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.raw(x) - self.shift) / self.scale
 
 
 def _kid_metric(n: int):
@@ -270,11 +283,12 @@ def _kid(g_ema, real: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, devic
     metric = _kid_metric(len(real)).to(device)
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)  # KID's subset draws: the same each time, and the training RNG untouched
+        reals = _masked_input(real.to(device), weight.to(device))
+        metric.inception.calibrate(reals)
         for s in range(0, len(real), 32):
-            a = real[s:s + 32].to(device)
             w = weight[s:s + 32].to(device)
             fake = (g_ema(z[s:s + 32].to(device))[0].float().clamp(-1, 1) + 1) * 0.5
-            metric.update(_masked_input(a, w), real=True)
+            metric.update(reals[s:s + 32], real=True)
             metric.update(_masked_input(fake, w), real=False)
         mean, _ = metric.compute()
     return float(mean)
@@ -491,7 +505,7 @@ def _train(cfg: GanConfig, dd: _Dist, log) -> dict | None:
             noise = torch.randn_like(fake, dtype=torch.float32) / math.sqrt(fake.shape[2] * fake.shape[3])
             pg, = torch.autograd.grad((fake.float() * noise).sum(), ws, create_graph=True)
             plen = pg.float().square().sum(1).sqrt()
-            pl_mean = pl_mean + 0.01 * (float(plen.mean()) - pl_mean)
+            pl_mean = pl_mean + 0.01 * (float(plen.detach().mean()) - pl_mean)
             pl_pen = (plen - pl_mean).square().mean()
             loss_g = loss_g + pl_pen * cfg.pl_weight * cfg.pl_every
             losses["pl"] = float(pl_pen.detach())
@@ -557,8 +571,9 @@ def _train(cfg: GanConfig, dd: _Dist, log) -> dict | None:
             "w_truncation": cfg.truncation, "noise_std": 0.03,
             "losses": {"r1_gamma": cfg.r1_gamma, "pl_weight": cfg.pl_weight, "ema_kimg": cfg.ema_kimg,
                        "colour_jitter": cfg.colour_jitter},
-            "kid": {"feature": "fixed random conv net (seed 1234), masked UVs at 64px; comparable only "
-                               "between runs of this trainer", "history": kids},
+            "kid": {"feature": "fixed random conv net (seed 1234), masked UVs at 64px, standardised on the "
+                               "real set; comparable only between runs of this trainer on the same data",
+                    "history": kids},
             "data": {**ds.summary(), "train_samples": len(tr), "validation_samples": len(va),
                      "heldout_samples": len(te), "builder": ds.meta.get("builder")},
             "heldout_persons": sorted({r.person for r in te.records}),

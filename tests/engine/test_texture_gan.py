@@ -237,3 +237,31 @@ def test_fit_with_a_trained_checkpoint(kind, gan_run, vae_model, tmp_path):
     assert r["models"]["texture"] == "generator"
     latent = np.load(out / "params.npz")["texture_latent"]
     assert latent.shape == (1, load_generator(model)[1]["latent_dim"]) and np.isfinite(latent).all()
+
+
+@pytest.mark.skipif(not HAS_TORCHMETRICS, reason="torchmetrics (the [train] extra) is not installed")
+def test_kid_is_near_zero_for_the_same_distribution_and_large_for_another():
+    from engine.texture.gan import _kid
+
+    class Replay(torch.nn.Module):  # a "generator" that returns given images in [-1, 1]
+        def __init__(self, imgs):
+            super().__init__()
+            self.imgs, self.i = imgs, 0
+
+        def forward(self, z):
+            out = self.imgs[self.i:self.i + len(z)] * 2 - 1
+            self.i += len(z)
+            return out, z
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(48, 3, 32, 32, generator=g) * 0.5 + 0.25
+    w = (torch.rand(48, 32, 32, generator=g) > 0.3).float()
+    z = torch.zeros(48, 4)
+    same = _kid(Replay(torch.rand(48, 3, 32, 32, generator=g) * 0.5 + 0.25), real, w, z, torch.device("cpu"))
+    other = _kid(Replay(torch.rand(48, 3, 32, 32, generator=g) * 0.2), real, w, z, torch.device("cpu"))
+    assert abs(same) < 1.0 < other
+    # Deterministic, and the caller's RNG is left as it was.
+    state = torch.get_rng_state()
+    again = _kid(Replay(torch.rand(48, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.2),
+                 real, w, z, torch.device("cpu"))
+    assert torch.equal(state, torch.get_rng_state()) and np.isfinite(again)
