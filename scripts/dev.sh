@@ -53,7 +53,8 @@ setup311() {
         "$vpy" -m pip install -q --upgrade pip
         # torch first and pinned, so that nothing resolves a bare (CUDA) torch.
         "$vpy" -m pip install -q "$TORCH_PIN"
-        "$vpy" -m pip install -q -e ".[test]"
+        # [train]: torchmetrics, for the GAN trainer's KID (its tests run it).
+        "$vpy" -m pip install -q -e ".[test,train]"
         stamp > "$venv/.ganfit-stamp"
     fi
 }
@@ -109,7 +110,7 @@ setup313() {
             fi
         fi
         if "$vpy" -c 'import torch' 2>/dev/null; then
-            "$vpy" -m pip install -q -e ".[test]"
+            "$vpy" -m pip install -q -e ".[test,train]"
         else
             "$vpy" -m pip uninstall -q -y torch 2>/dev/null || true
             # The engine's requirements without torch, the package itself without its deps.
