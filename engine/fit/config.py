@@ -50,6 +50,7 @@ class Rates:
     expression: float = 0.02
     light: float = 0.01
     texture: float = 0.004       # linear albedo units per step, split over the pyramid levels
+    latent: float = 0.05         # a generator's latent (unit Gaussian prior) per step
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,17 @@ class FineConfig:
     grazing_lo: float = 0.2
     grazing_width: float = 0.3
     report_every: int = 2          # progress messages every this many steps
+    # GANFit's schedule for a latent texture model: the first ``latent_first`` share of the steps
+    # move only the latent and the lighting (the geometry is the coarse stage's, and a wrong start
+    # texture would otherwise pull it); then everything together.
+    latent_first: float = 0.3
+    # Trust weight of the photometric terms (``trust.py``): the per-photo skin model, the eye and
+    # inner-mouth regions, and Geman-McClure weights of the pixel residuals re-estimated every
+    # ``robust_every`` steps; a residual of ``robust_scale`` x its robust spread (MAD) halves the
+    # weight's square root. 0 turns the robust part off.
+    trust: bool = True
+    robust_every: int = 5
+    robust_scale: float = 2.5
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,12 @@ class AlbedoConfig:
     shade_floor: float = 0.3       # as UnwrapConfig.shade_floor
     # Photo vs fitted albedo blend: a texel takes the de-lit photo fully from confidence 1/3 on.
     conf_gain: float = 3.0
+    # A latent texture model's per-texel detail layer: the de-lit photo's difference from the
+    # model's albedo, kept only where the photo is trusted (seen x frontal x skin x robust weight).
+    # Its prior pulls it to 0 with this strength relative to a fully trusted texel's data term.
+    detail: bool = True
+    detail_prior: float = 0.25
+    detail_robust_scale: float = 3.0   # Geman-McClure scale in MADs of the albedo residual
 
 
 @dataclass(frozen=True)

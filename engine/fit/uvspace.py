@@ -191,12 +191,25 @@ def complete_albedo(albedo: torch.Tensor, conf: torch.Tensor, uvr: UVRaster, mod
     out = torch.where(face[..., None], face_img, out)
 
     # 3. Carried parts the photo never shows.
-    dev = albedo.device
-    col = lambda c: torch.tensor(c, device=dev)  # noqa: E731
     head = (region == rid["head_neck"])[None]
     out = torch.where(head[..., None], skin * 0.97, out)
-    mouth = (region == rid["mouth_socket"])[None]
-    out = torch.where(mouth[..., None], col(MOUTH), out)
+    out = paint_carried(out, uvr, model)
+
+    # 4. Pad every island outward (fills the gaps between islands too).
+    covered = (region >= 0)[None].float()
+    return pull_push(out, covered).clamp(0, 1)
+
+
+def paint_carried(out: torch.Tensor, uvr: UVRaster, model, mouth: torch.Tensor | None = None) -> torch.Tensor:
+    """Generic colours for the carried parts that no photo shows: the mouth socket (``MOUTH``, or
+    the given (1, T, T, 3) ``mouth`` image there), the eye sockets and the painted eyeballs (iris
+    and pupil by the angle from each eye's axis). Other texels of ``out`` are kept."""
+    region = uvr.region
+    rid = {n: i for i, n in enumerate(model.region_names)}
+    dev = out.device
+    col = lambda c: torch.tensor(c, device=dev)  # noqa: E731
+    mouth_t = (region == rid["mouth_socket"])[None]
+    out = torch.where(mouth_t[..., None], col(MOUTH) if mouth is None else mouth, out)
     sockets = ((region == rid["eye_socket_left"]) | (region == rid["eye_socket_right"]))[None]
     out = torch.where(sockets[..., None], col(SOCKET), out)
     # Eyeballs: ICT's sclera is an opaque ball in front of the iris, so paint the cornea's cap of
@@ -220,7 +233,67 @@ def complete_albedo(albedo: torch.Tensor, conf: torch.Tensor, uvr: UVRaster, mod
         img = out[0].clone()
         img[ball] = c
         out = img[None]
+    return out
 
-    # 4. Pad every island outward (fills the gaps between islands too).
+
+def vertex_colours(albedo: torch.Tensor, model, tris: torch.Tensor, tri_uvs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The atlas sampled at the corners of ``tris`` and averaged per vertex: (V, C) colours and
+    (V,) bool, which vertices any of the triangles touch. albedo: (1, T, T, C) atlas layout."""
+    uv = model.uvs[tri_uvs.long().reshape(-1)]                       # (3n, 2)
+    grid = (uv * 2 - 1)[None, None]                                  # row 0 = v 0 = grid y -1
+    c = F.grid_sample(albedo.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border",
+                      align_corners=False)[0, :, 0].t()              # (3n, C)
+    idx = tris.long().reshape(-1)
+    V = model.n_vertices
+    acc = torch.zeros(V, c.shape[1], device=c.device).index_add_(0, idx, c)
+    cnt = torch.zeros(V, device=c.device).index_add_(0, idx, torch.ones_like(idx, dtype=c.dtype))
+    return acc / cnt.clamp_min(1)[:, None], cnt > 0
+
+
+def diffuse_on_mesh(values: torch.Tensor, known: torch.Tensor, tris: torch.Tensor, iters: int = 400) -> torch.Tensor:
+    """Harmonic continuation of per-vertex ``values`` (V, C) from the ``known`` vertices over the
+    mesh's edges (Jacobi iterations of the graph Laplacian, known vertices held fixed). Vertices
+    the iterations do not reach keep their start value (the caller sets it, e.g. the skin tone),
+    so the result is continuous where the known part ends and smooth beyond."""
+    V = values.shape[0]
+    t = tris.long()
+    e = torch.cat([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
+    e = torch.cat([e, e.flip(1)])
+    e = torch.unique(e, dim=0)
+    src, dst = e[:, 1], e[:, 0]
+    deg = torch.zeros(V, device=values.device).index_add_(0, dst, torch.ones(len(e), device=values.device))
+    inv = (1.0 / deg.clamp_min(1))[:, None]
+    x = values.clone()
+    free = (~known & (deg > 0))[:, None]
+    for _ in range(iters):
+        x = torch.where(free, torch.zeros_like(x).index_add_(0, dst, x[src]) * inv, values)
+    return x
+
+
+def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model, iters: int = 400) -> torch.Tensor:
+    """A whole-head atlas from an albedo that is complete on the fitted face (a latent texture
+    model's output): the scalp, the back of the head and the neck continue the face's colours over
+    the mesh (``diffuse_on_mesh`` from the face's border, the face's median tone far from it), so
+    there is no band where the face's texels end; the mouth socket continues the lips and darkens
+    inward; sockets and eyeballs as ``paint_carried``. Returns (1, T, T, 3) padded atlas."""
+    rid = {n: i for i, n in enumerate(model.region_names)}
+    region = uvr.region
+    face = (region == rid["face"])[None]
+    nf = model.fit_tri_count
+    col, known = vertex_colours(face_albedo, model, model.tris[:nf], model.tri_uvs[:nf])
+    tone = col[known].median(0).values
+    start = torch.where(known[:, None], col, tone.expand_as(col))
+    # Channel 4: 1 on the face, diffused inward, so that the mouth socket can darken with depth.
+    start = torch.cat([start, known[:, None].float()], 1)
+    smooth = diffuse_on_mesh(start, known, model.tris, iters)
+    interp, _ = render.interpolate(smooth[None].contiguous(), uvr.rast, model.tris)  # (1, T, T, 4)
+    head_img, near = interp[..., :3], interp[..., 3:4].clamp(0, 1)
+    out = torch.where(face[..., None], face_albedo, torch.zeros_like(face_albedo))
+    head = (region == rid["head_neck"])[None]
+    out = torch.where(head[..., None], head_img, out)
+    # Mouth socket: the lips' colour near them, fading to a dark, reddish cavity.
+    s = near.sqrt()
+    mouth = head_img * s + torch.tensor(MOUTH, device=out.device) * 0.5 * (1 - s)
+    out = paint_carried(out, uvr, model, mouth=mouth)
     covered = (region >= 0)[None].float()
     return pull_push(out, covered).clamp(0, 1)
