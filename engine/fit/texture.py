@@ -222,7 +222,7 @@ class GeneratorTexture(TextureModel):
         the whole head (``uvspace.complete_head``)."""
         face = fitted
         if cfg is not None and cfg.detail:
-            face = fitted + detail_layer(fitted, delit, conf, trust, conf_gain, cfg)[..., None] * (delit - fitted)
+            face = fitted + detail_layer(fitted, delit, conf, trust, conf_gain, cfg)[0]
         return uvspace.complete_head(face.clamp(0, 1), uvr, model)
 
 
@@ -232,21 +232,43 @@ LATENT_NOISE = 0.05
 
 
 def detail_layer(fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor, trust: torch.Tensor | None,
-                 conf_gain: float, cfg) -> torch.Tensor:
-    """(1, T, T) share of the de-lit photo in the final albedo: the per-texel detail layer d that
-    minimises  w (fitted + d - delit)^2 + prior d^2  per texel, i.e. d = w / (w + prior) x the
-    residual, with w = seen x frontal (``conf``) x skin and regions (``trust``) x the
+                 conf_gain: float, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detail layer d on the model's albedo: ``fitted + d`` is the final face albedo.
+
+    Per texel, d minimises  w (fitted + d - delit)^2 + prior d^2 , i.e. d = a x residual with
+    a = w / (w + prior), w = seen x frontal (``conf``) x skin and regions (``trust``) x the
     Geman-McClure weight of the residual itself (what the model cannot explain is an occluder).
-    The weight is smoothed over a few texels, so it fades out instead of ending in a seam."""
+    Split in two, so that no seam is left where the photo's coverage ends: the residual's low
+    frequencies (tone: the light/albedo balance the model could not reach) are filled in from the
+    trusted texels and applied over the whole face, smoothly; its high frequencies (wrinkles,
+    moles, brows) only by ``a``. Returns (d (1, T, T, 3), a (1, T, T))."""
     w = (conf * conf_gain).clamp(0, 1)
     if trust is not None:
         w = w * trust
     from .trust import geman_mcclure
-    r = (delit - fitted).abs().mean(-1)
-    w = w * geman_mcclure(r, w, cfg.detail_robust_scale)
-    k = max(3, (w.shape[-1] // 128) | 1)
-    w = F.avg_pool2d(w[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
-    return w / (w + cfg.detail_prior)
+    res = delit - fitted
+    T = res.shape[1]
+    k = max(3, (T // 128) | 1)
+    smooth = lambda x: F.avg_pool2d(x[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]  # noqa: E731
+
+    def low_pass(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        filled = uvspace.pull_push(x, weight * (weight > 0.5))  # only well-trusted texels set the tone
+        lo_res = max(4, T // LOW_FREQ_DIV)
+        y = F.interpolate(filled.permute(0, 3, 1, 2), size=(lo_res, lo_res), mode="area")
+        return F.interpolate(y, size=(T, T), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+
+    low = low_pass(res, smooth(w))
+    # Robust weights of the high frequencies: a frame's edge or a strand of hair is a large local
+    # residual even where the model's tone is far from the photo's.
+    w = w * geman_mcclure((res - low).abs().mean(-1), w, cfg.detail_robust_scale)
+    a = smooth(w)
+    a = a / (a + cfg.detail_prior)
+    low = low_pass(res, a)
+    return low + a[..., None] * (res - low), a
+
+
+# The detail layer's tone part varies over 1/LOW_FREQ_DIV of the atlas (about 1/3 of the face box).
+LOW_FREQ_DIV = 16
 
 
 def _linear_model(generator: torch.nn.Module, dim: int):

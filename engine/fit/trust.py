@@ -28,6 +28,7 @@ EYE_GROW = 1.6
 # A pixel keeps at least this much trust from the skin model alone (robust weights go lower): a
 # skin model fitted to a poor majority (a full beard and a fringe) must not switch the face off.
 SKIN_FLOOR = 0.05
+ERODE_IOD = 0.06
 
 
 def _polygon_mask(polys: list[np.ndarray], h: int, w: int) -> np.ndarray:
@@ -73,7 +74,13 @@ def skin_trust(image: torch.Tensor, det68: np.ndarray, max_res: int = 512) -> to
     eyes, mouth = region_masks(det68, H, W)
     prob = np.maximum(prob, SKIN_FLOOR) * ~(eyes | mouth)
     t = torch.from_numpy(prob.astype(np.float32))[None, None].to(image.device)
-    # A 3x3 box: single-pixel speckle of the colour model is noise, not an occluder.
+    # Eroded (a min filter over ERODE_IOD x the inter-ocular distance): thin occluders - a glasses
+    # frame, hair strands - are only partly rejected pixel by pixel, and their edges mix with skin.
+    iod = float(np.linalg.norm(np.asarray(det68)[36] - np.asarray(det68)[45]))
+    k = max(1, int(round(iod * ERODE_IOD)) | 1)
+    if k > 1:
+        t = -F.max_pool2d(-t, k, stride=1, padding=k // 2)
+    # A 3x3 box: the weight's edges are soft.
     return F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
 
 

@@ -22,6 +22,7 @@ IRIS = (0.28, 0.18, 0.11)
 PUPIL = (0.03, 0.03, 0.03)
 MOUTH = (0.35, 0.13, 0.12)
 SOCKET = (0.20, 0.10, 0.09)
+MOUTH_DEPTH_CM = 0.8  # the mouth socket's colour goes from the lips' to MOUTH over about this
 
 
 @dataclass
@@ -250,43 +251,45 @@ def vertex_colours(albedo: torch.Tensor, model, tris: torch.Tensor, tri_uvs: tor
     return acc / cnt.clamp_min(1)[:, None], cnt > 0
 
 
-def diffuse_on_mesh(values: torch.Tensor, known: torch.Tensor, tris: torch.Tensor, iters: int = 400) -> torch.Tensor:
-    """Harmonic continuation of per-vertex ``values`` (V, C) from the ``known`` vertices over the
-    mesh's edges (Jacobi iterations of the graph Laplacian, known vertices held fixed). Vertices
-    the iterations do not reach keep their start value (the caller sets it, e.g. the skin tone),
-    so the result is continuous where the known part ends and smooth beyond."""
-    V = values.shape[0]
+def continue_from_border(values: torch.Tensor, known: torch.Tensor, points: torch.Tensor,
+                         tris: torch.Tensor, power: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continue per-vertex ``values`` (V, C) from the ``known`` vertices to the others: Shepard
+    interpolation (inverse distance ^ ``power`` over the 3D ``points`` (V, 3)) of the known border
+    vertices (those with an edge to an unknown one). Exact at the border, smooth away from it, so
+    the continued part meets the known one without a band. Returns the values (known ones
+    unchanged) and each vertex's distance to the border (0 on known vertices)."""
     t = tris.long()
     e = torch.cat([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
-    e = torch.cat([e, e.flip(1)])
-    e = torch.unique(e, dim=0)
-    src, dst = e[:, 1], e[:, 0]
-    deg = torch.zeros(V, device=values.device).index_add_(0, dst, torch.ones(len(e), device=values.device))
-    inv = (1.0 / deg.clamp_min(1))[:, None]
-    x = values.clone()
-    free = (~known & (deg > 0))[:, None]
-    for _ in range(iters):
-        x = torch.where(free, torch.zeros_like(x).index_add_(0, dst, x[src]) * inv, values)
-    return x
+    cross = known[e[:, 0]] != known[e[:, 1]]
+    ends = e[cross].reshape(-1)
+    border = torch.zeros_like(known)
+    border[ends[known[ends]]] = True
+    free = ~known
+    out = values.clone()
+    dist = torch.zeros(len(values), device=values.device)
+    if not border.any() or not free.any():
+        return out, dist
+    d = torch.cdist(points[free], points[border]).clamp_min(1e-4)      # (F, B)
+    w = d.pow(-power)
+    out[free] = (w @ values[border]) / w.sum(1, keepdim=True)
+    dist[free] = d.min(1).values
+    return out, dist
 
 
-def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model, iters: int = 400) -> torch.Tensor:
+def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model) -> torch.Tensor:
     """A whole-head atlas from an albedo that is complete on the fitted face (a latent texture
     model's output): the scalp, the back of the head and the neck continue the face's colours over
-    the mesh (``diffuse_on_mesh`` from the face's border, the face's median tone far from it), so
-    there is no band where the face's texels end; the mouth socket continues the lips and darkens
-    inward; sockets and eyeballs as ``paint_carried``. Returns (1, T, T, 3) padded atlas."""
+    the mesh (``continue_from_border``), so there is no band where the face's texels end; the mouth
+    socket continues the lips and darkens inward (over ``MOUTH_DEPTH_CM``); sockets and eyeballs as ``paint_carried``. Returns (1, T, T, 3) padded atlas."""
     rid = {n: i for i, n in enumerate(model.region_names)}
     region = uvr.region
     face = (region == rid["face"])[None]
     nf = model.fit_tri_count
     col, known = vertex_colours(face_albedo, model, model.tris[:nf], model.tri_uvs[:nf])
-    tone = col[known].median(0).values
-    start = torch.where(known[:, None], col, tone.expand_as(col))
-    # Channel 4: 1 on the face, diffused inward, so that the mouth socket can darken with depth.
-    start = torch.cat([start, known[:, None].float()], 1)
-    smooth = diffuse_on_mesh(start, known, model.tris, iters)
-    interp, _ = render.interpolate(smooth[None].contiguous(), uvr.rast, model.tris)  # (1, T, T, 4)
+    cont, dist = continue_from_border(col, known, model.vertices_neutral, model.tris)
+    # Channel 4: how near the face a vertex is (1 on it), for the mouth socket's darkening.
+    near = torch.exp(-dist / MOUTH_DEPTH_CM)[:, None]
+    interp, _ = render.interpolate(torch.cat([cont, near], 1)[None].contiguous(), uvr.rast, model.tris)
     head_img, near = interp[..., :3], interp[..., 3:4].clamp(0, 1)
     out = torch.where(face[..., None], face_albedo, torch.zeros_like(face_albedo))
     head = (region == rid["head_neck"])[None]
