@@ -123,7 +123,7 @@ class AlbedoConfig:
     # model's albedo, kept only where the photo is trusted (seen x frontal x skin x robust weight).
     # Its prior pulls it to 0 with this strength relative to a fully trusted texel's data term.
     detail: bool = True
-    detail_prior: float = 0.25
+    detail_prior: float = 0.1
     detail_robust_scale: float = 3.0   # Geman-McClure scale in MADs of the albedo residual
 
 

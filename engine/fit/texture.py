@@ -261,7 +261,8 @@ def detail_layer(fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor, 
     # Robust weights of the high frequencies: a frame's edge or a strand of hair is a large local
     # residual even where the model's tone is far from the photo's.
     w = w * geman_mcclure((res - low).abs().mean(-1), w, cfg.detail_robust_scale)
-    a = smooth(w)
+    # Eroded, then smoothed: soft edges that never reach back into a rejected texel's neighbourhood.
+    a = smooth(-F.max_pool2d(-w[:, None], k, stride=1, padding=k // 2)[:, 0])
     a = a / (a + cfg.detail_prior)
     low = low_pass(res, a)
     return low + a[..., None] * (res - low), a

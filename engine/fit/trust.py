@@ -84,17 +84,18 @@ def skin_trust(image: torch.Tensor, det68: np.ndarray, max_res: int = 512) -> to
     return F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
 
 
-def geman_mcclure(residual: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def geman_mcclure(residual: torch.Tensor, mask: torch.Tensor, scale: float, min_c: float = 0.03) -> torch.Tensor:
     """IRLS weights of the Geman-McClure penalty rho(r) = r^2 / (r^2 + c^2) for a residual map
     (any shape, >= 0), normalised to 1 at r = 0: w = (c^2 / (c^2 + r^2))^2, with c = ``scale`` x
-    the robust spread (1.4826 x median) of the residuals where ``mask`` > 0.5. Not differentiable
-    (a weight, re-estimated between steps)."""
+    the robust spread (1.4826 x median) of the residuals where ``mask`` > 0.5, at least ``min_c``
+    (colour units: a photo's noise; a near-perfect fit must not make every residual an outlier).
+    Not differentiable (a weight, re-estimated between steps)."""
     r = residual.detach()
     sel = r[mask.detach() > 0.5]
     if sel.numel() < 10 or scale <= 0:
         return torch.ones_like(r)
     sigma = float(sel.median()) * 1.4826
-    c2 = max(scale * sigma, 1e-4) ** 2
+    c2 = max(scale * sigma, min_c) ** 2
     return (c2 / (c2 + r * r)) ** 2
 
 
