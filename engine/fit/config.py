@@ -33,6 +33,9 @@ class Weights:
     expr_prior: float = 2e-3       # ||p_e||_1 / n  (sparse expressions)
     expr_init: float = 1e-2        # stay near the detector's blendshape scores
     tex_prior: float = 0.05        # albedo towards its low-pass / skin tone where the photo is weak
+    # A latent texture model's unit Gaussian prior, mean z^2: a typical face (z^2 ~ 1) costs a
+    # tenth of a typical pixel term; stronger pulls every fit back to the mean face.
+    latent_prior: float = 0.005
     tex_symmetry: float = 0.05     # left/right symmetry of the face albedo
     tex_smooth: float = 0.02       # total variation of the albedo residual
     light_prior: float = 1e-3      # higher-order SH small relative to ambient

@@ -195,6 +195,10 @@ class GeneratorTexture(TextureModel):
     def prior(self) -> torch.Tensor:
         return (self.latent ** 2).mean()
 
+    def priors(self, sample: TextureSample, face_mask: torch.Tensor, model) -> dict[str, torch.Tensor]:
+        """``latent_prior``: the latent's unit Gaussian prior (mean z^2)."""
+        return {"latent_prior": self.prior()}
+
     @torch.no_grad()
     def init_from(self, base: torch.Tensor, weight: torch.Tensor) -> None:
         """The MAP latent of a linear (PPCA) model given the trusted texels of ``base``: the
