@@ -29,6 +29,8 @@ EYE_GROW = 1.6
 # skin model fitted to a poor majority (a full beard and a fringe) must not switch the face off.
 SKIN_FLOOR = 0.05
 ERODE_IOD = 0.06
+HAIR_ODDS = 1.0
+HAIR_BAND = (0.7, 1.1)  # x the eye distance above the brows: where a colour model of the hair is fitted
 
 
 def _polygon_mask(polys: list[np.ndarray], h: int, w: int) -> np.ndarray:
@@ -51,6 +53,46 @@ def region_masks(det68: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndar
     return _polygon_mask(eyes, h, w), _polygon_mask([lm[60:68]], h, w)
 
 
+def hair_polygon(det68: np.ndarray) -> np.ndarray:
+    """The band above the skin model's forehead region (``HAIR_BAND`` x the eye distance above
+    the brows, between the brows' outer ends): hair, a hat or background on most photos."""
+    lm = np.asarray(det68, dtype=np.float64)
+    eye_r, eye_l = lm[36:42].mean(0), lm[42:48].mean(0)
+    iod = float(np.linalg.norm(eye_l - eye_r))
+    across = (eye_l - eye_r) / max(iod, 1e-6)
+    up = np.array([across[1], -across[0]])
+    if np.dot(up, eye_r - lm[57]) < 0:
+        up = -up
+    lo, hi = HAIR_BAND
+    a, b = lm[17], lm[26]
+    return np.stack([a + lo * iod * up, b + lo * iod * up, b + hi * iod * up, a + hi * iod * up])
+
+
+def _hair_share(img: np.ndarray, det68: np.ndarray, skin_model) -> np.ndarray:
+    """(H, W) the skin's share of the likelihood against a colour model of what lies above the
+    forehead (``hair_polygon``), when that is mostly not skin: a fringe of the hair's colour that
+    the skin model alone lets through (brown or blond hair in a warm light) gets a low weight. 1
+    where the band is mostly skin (a bald head, a high forehead) or too small."""
+    from ..texture import skin as S
+    H, W = img.shape[:2]
+    band = _polygon_mask([hair_polygon(det68)], H, W)
+    cols = img[band]
+    if len(cols) < 50:
+        return np.ones((H, W), np.float32)
+    # Mostly skin: the band's colours fit the skin model about as well as the skin's own regions
+    # do (blond hair can be inside the skin model's bound and still clearly further out).
+    ref = float(np.median(skin_model.d2(img[S.region_mask(det68, H, W)])))
+    if float(np.median(skin_model.d2(cols))) < max(3.0, 2.0 * ref):
+        return np.ones((H, W), np.float32)
+    hair = S.fit_skin(cols, luma_scale=1.0)
+    def loglik(m):
+        return -0.5 * m.d2(img) - 0.5 * np.log(np.linalg.det(m.cov))
+    # Odds of HAIR_ODDS to 1 for hair where the colours alone cannot tell: a fringe's highlights
+    # are near the skin's colour, and the skin elsewhere is far from the hair's.
+    d = np.clip(loglik(hair) - loglik(skin_model) + np.log(HAIR_ODDS), -30, 30)
+    return (1.0 / (1.0 + np.exp(d))).astype(np.float32)
+
+
 def skin_trust(image: torch.Tensor, det68: np.ndarray, max_res: int = 512) -> torch.Tensor:
     """(1, H, W) trust of each pixel of ``image`` ((1, H, W, 3) sRGB in [0, 1]) from the skin model
     and the eye/mouth regions; ``det68``: (68, 2) landmarks in that image's pixels. Where no skin
@@ -68,6 +110,7 @@ def skin_trust(image: torch.Tensor, det68: np.ndarray, max_res: int = 512) -> to
     try:
         model = S.fit_photo(img, det68)
         prob = model.probability(img)
+        prob = prob * _hair_share(img, det68, model)
     except (ValueError, np.linalg.LinAlgError):
         prob = np.ones((H, W), np.float32)
     prob = np.maximum(prob, S.lips_mask(det68, H, W).astype(np.float32))
@@ -79,6 +122,8 @@ def skin_trust(image: torch.Tensor, det68: np.ndarray, max_res: int = 512) -> to
     iod = float(np.linalg.norm(np.asarray(det68)[36] - np.asarray(det68)[45]))
     k = max(1, int(round(iod * ERODE_IOD)) | 1)
     if k > 1:
+        # Single-pixel speckle of the colour model first averaged away, so erosion does not grow it.
+        t = F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)
         t = -F.max_pool2d(-t, k, stride=1, padding=k // 2)
     # A 3x3 box: the weight's edges are soft.
     return F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
