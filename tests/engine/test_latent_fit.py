@@ -178,3 +178,23 @@ def test_fit_with_the_shipped_model_fits_the_latent(tmp_path):
     assert r["losses"]["pixel_l1_trusted"] <= r["losses"]["pixel_l1"] + 1e-6
     params = np.load(out / "params.npz")
     assert np.abs(params["texture_latent"]).max() > 0   # moved from the mean face
+
+
+def test_outline_landmarks_on_a_beard_pull_less():
+    """The jaw points a detector put on a beard (low trust just inside them) get low weights; the
+    ones on skin keep theirs."""
+    from engine.fit.losses import LandmarkTargets
+    lm = torch.from_numpy(_layout()).float()
+    H, W = 240, 200
+    tr = torch.ones(1, H, W)
+    tr[:, 170:, :] = 0.0                                  # a beard over the lower face
+    t = LandmarkTargets(det=lm[None], iod=70.0, inner_idx=torch.zeros(51, dtype=torch.long),
+                        jaw_idx=torch.zeros(35, dtype=torch.long))
+    trust.weigh_outline(t, tr)
+    w = t.jaw_weights
+    assert w.shape == (17,)
+    assert float(w[8]) == pytest.approx(0.25)             # the chin, on the beard: the floor
+    assert float(w[0]) == pytest.approx(1.0) and float(w[16]) == pytest.approx(1.0)
+    from engine.fit.losses import contour_loss
+    line = lm[None, :17] + torch.tensor([0.0, 10.0])      # a jawline 10 px below the points
+    assert float(contour_loss(line, lm[None, :17], 70.0, w)) > 0
