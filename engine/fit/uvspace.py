@@ -22,7 +22,11 @@ IRIS = (0.28, 0.18, 0.11)
 PUPIL = (0.03, 0.03, 0.03)
 MOUTH = (0.35, 0.13, 0.12)
 SOCKET = (0.20, 0.10, 0.09)
-MOUTH_DEPTH_CM = 0.8  # the mouth socket's colour goes from the lips' to MOUTH over about this
+# The mouth socket by distance from the lips (cm, neutral mesh): the lips' colour up to LIP_CM,
+# gums up to GUM_CM, teeth up to TEETH_CM, then the cavity (MOUTH, darker).
+LIP_CM, GUM_CM, TEETH_CM = 0.1, 0.4, 1.6
+GUMS = (0.55, 0.25, 0.24)
+TEETH = (0.72, 0.66, 0.55)
 
 
 @dataclass
@@ -280,23 +284,30 @@ def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model) -> torch.Tens
     """A whole-head atlas from an albedo that is complete on the fitted face (a latent texture
     model's output): the scalp, the back of the head and the neck continue the face's colours over
     the mesh (``continue_from_border``), so there is no band where the face's texels end; the mouth
-    socket continues the lips and darkens inward (over ``MOUTH_DEPTH_CM``); sockets and eyeballs as ``paint_carried``. Returns (1, T, T, 3) padded atlas."""
+    socket continues the lips, then gums, teeth and a dark cavity (``GUM_CM``, ``TEETH_CM``); sockets and eyeballs as ``paint_carried``. Returns (1, T, T, 3) padded atlas."""
     rid = {n: i for i, n in enumerate(model.region_names)}
     region = uvr.region
     face = (region == rid["face"])[None]
     nf = model.fit_tri_count
     col, known = vertex_colours(face_albedo, model, model.tris[:nf], model.tri_uvs[:nf])
     cont, dist = continue_from_border(col, known, model.vertices_neutral, model.tris)
-    # Channel 4: how near the face a vertex is (1 on it), for the mouth socket's darkening.
-    near = torch.exp(-dist / MOUTH_DEPTH_CM)[:, None]
-    interp, _ = render.interpolate(torch.cat([cont, near], 1)[None].contiguous(), uvr.rast, model.tris)
-    head_img, near = interp[..., :3], interp[..., 3:4].clamp(0, 1)
+    # Channel 4: the distance to the face (cm), for the mouth socket's bands.
+    interp, _ = render.interpolate(torch.cat([cont, dist[:, None]], 1)[None].contiguous(), uvr.rast, model.tris)
+    head_img, dist_img = interp[..., :3], interp[..., 3:4]
     out = torch.where(face[..., None], face_albedo, torch.zeros_like(face_albedo))
     head = (region == rid["head_neck"])[None]
     out = torch.where(head[..., None], head_img, out)
-    # Mouth socket: the lips' colour near them, fading to a dark, reddish cavity.
-    s = near.sqrt()
-    mouth = head_img * s + torch.tensor(MOUTH, device=out.device) * 0.5 * (1 - s)
+    # Mouth socket (ICT's teeth and gums are not carried): from the lips inward, gums, a band of
+    # teeth, then a dark, reddish cavity, by the distance from the lips over the mesh.
+    dev = out.device
+    d = dist_img
+    ramp = lambda x: ((d - x) / 0.05 + 0.5).clamp(0, 1)  # noqa: E731  0 -> 1 across x (5 mm)
+    lips = 1 - ramp(LIP_CM)
+    gums = ramp(LIP_CM) - ramp(GUM_CM)
+    teeth = ramp(GUM_CM) - ramp(TEETH_CM)
+    rest = ramp(TEETH_CM)
+    mouth = (head_img * lips + torch.tensor(GUMS, device=dev) * gums + torch.tensor(TEETH, device=dev) * teeth
+             + torch.tensor(MOUTH, device=dev) * 0.7 * rest)
     out = paint_carried(out, uvr, model, mouth=mouth)
     covered = (region >= 0)[None].float()
     return pull_push(out, covered).clamp(0, 1)
