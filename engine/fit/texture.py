@@ -256,10 +256,16 @@ def detail_layer(fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor, 
     smooth = lambda x: F.avg_pool2d(x[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]  # noqa: E731
 
     def low_pass(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        filled = uvspace.pull_push(x, weight * (weight > 0.5))  # only well-trusted texels set the tone
+        # Weighted means over cells of 1/LOW_FREQ_DIV of the atlas (only well-trusted texels set
+        # the tone), holes filled from the nearest cells (pull-push), back to full size smoothly.
         lo_res = max(4, T // LOW_FREQ_DIV)
-        y = F.interpolate(filled.permute(0, 3, 1, 2), size=(lo_res, lo_res), mode="area")
-        return F.interpolate(y, size=(T, T), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+        wt = (weight * (weight > 0.5))[:, None]
+        num = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2) * wt, lo_res)
+        den = F.adaptive_avg_pool2d(wt, lo_res)
+        cells = (num / den.clamp_min(1e-6)).permute(0, 2, 3, 1)
+        filled = uvspace.pull_push(cells, (den[:, 0] * 4).clamp(0, 1))
+        return F.interpolate(filled.permute(0, 3, 1, 2), size=(T, T), mode="bicubic",
+                             align_corners=False).permute(0, 2, 3, 1)
 
     low = low_pass(res, smooth(w))
     # Robust weights of the high frequencies: a frame's edge or a strand of hair is a large local
