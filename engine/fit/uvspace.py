@@ -284,7 +284,8 @@ def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model) -> torch.Tens
     """A whole-head atlas from an albedo that is complete on the fitted face (a latent texture
     model's output): the scalp, the back of the head and the neck continue the face's colours over
     the mesh (``continue_from_border``), so there is no band where the face's texels end; the mouth
-    socket continues the lips, then gums, teeth and a dark cavity (``GUM_CM``, ``TEETH_CM``); sockets and eyeballs as ``paint_carried``. Returns (1, T, T, 3) padded atlas."""
+    socket continues the lips, then gums, teeth and a dark cavity (``GUM_CM``, ``TEETH_CM``);
+    sockets and eyeballs as ``paint_carried``. Returns the (1, T, T, 3) padded atlas."""
     rid = {n: i for i, n in enumerate(model.region_names)}
     region = uvr.region
     face = (region == rid["face"])[None]
@@ -297,17 +298,19 @@ def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model) -> torch.Tens
     out = torch.where(face[..., None], face_albedo, torch.zeros_like(face_albedo))
     head = (region == rid["head_neck"])[None]
     out = torch.where(head[..., None], head_img, out)
+    out = paint_carried(out, uvr, model)
     # Mouth socket (ICT's teeth and gums are not carried): from the lips inward, gums, a band of
     # teeth, then a dark, reddish cavity, by the distance from the lips over the mesh.
-    dev = out.device
-    d = dist_img
-    ramp = lambda x: ((d - x) / 0.05 + 0.5).clamp(0, 1)  # noqa: E731  0 -> 1 across x (5 mm)
-    lips = 1 - ramp(LIP_CM)
-    gums = ramp(LIP_CM) - ramp(GUM_CM)
-    teeth = ramp(GUM_CM) - ramp(TEETH_CM)
-    rest = ramp(TEETH_CM)
-    mouth = (head_img * lips + torch.tensor(GUMS, device=dev) * gums + torch.tensor(TEETH, device=dev) * teeth
-             + torch.tensor(MOUTH, device=dev) * 0.7 * rest)
-    out = paint_carried(out, uvr, model, mouth=mouth)
+    mouth = region[None] == rid["mouth_socket"]
+    if mouth.any():
+        dev = out.device
+        d = dist_img[mouth]                                   # (n, 1)
+        ramp = lambda x: ((d - x) / 0.05 + 0.5).clamp(0, 1)  # noqa: E731  0 -> 1 across x (5 mm)
+        colour = (head_img[mouth] * (1 - ramp(LIP_CM))
+                  + torch.tensor(GUMS, device=dev) * (ramp(LIP_CM) - ramp(GUM_CM))
+                  + torch.tensor(TEETH, device=dev) * (ramp(GUM_CM) - ramp(TEETH_CM))
+                  + torch.tensor(MOUTH, device=dev) * 0.7 * ramp(TEETH_CM))
+        out = out.clone()
+        out[mouth] = colour
     covered = (region >= 0)[None].float()
     return pull_push(out, covered).clamp(0, 1)
