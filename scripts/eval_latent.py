@@ -11,7 +11,9 @@ default model with and without the detail layer), each fit in its own process.
    position is nearest, on average, to the detector's mapped point (a discrete choice; the points
    are well separated, so it does not favour the detector by more than the choice). The table:
    mean error of the detector's mapped 68 points and of the fit's projected model points at those
-   points, in units of the annotated outer-eye-corner distance. The chin (8) is the fit's sliding
+   points, in units of the annotated outer-eye-corner distance (also with each source's mean offset
+   per point removed: the template's and iBUG's definitions of a point can differ by a constant,
+   e.g. the brow's outer end and the nose tip). The chin (8) is the fit's sliding
    jaw point (closest point of the jawline to the detector's), so it is partly the detector's.
 2. **Identity.** The fit's render (``render.png``) over mid grey, embedded with the engine's dlib
    recogniser (the one the fit's identity loss uses, so it flatters the fit), against the same
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             det = np.asarray(r["landmarks"]["detected68"])[list(POINTS)]
             prj = np.asarray(r["landmarks"]["projected68"])[list(POINTS)]
             if c == configs[0]:
-                lmk["detector"].append(np.linalg.norm(det - target, axis=1) / iod)
-            lmk[c].append(np.linalg.norm(prj - target, axis=1) / iod)
+                lmk["detector"].append((det - target) / iod)
+            lmk[c].append((prj - target) / iod)
             rgba = np.asarray(Image.open(a.out / c / photo.stem / "render.png")).astype(np.float32)
             al = rgba[..., 3:] / 255
             grey = (rgba[..., :3] * al + 128 * (1 - al)).clip(0, 255).astype(np.uint8)
@@ -141,9 +143,16 @@ def main(argv: list[str] | None = None) -> int:
                 if s is not None:
                     ident[c]["same" if j == i else "other"].append(float(e @ s))
         print(f"  {i + 1}/{len(people)} {photo.name}", file=sys.stderr)
-    table = {"points": {POINTS[k]: {src: float(np.mean([e[n] for e in errs])) for src, errs in lmk.items() if errs}
-                        for n, k in enumerate(POINTS)},
-             "mean": {src: float(np.mean(errs)) for src, errs in lmk.items() if errs},
+    # Errors as distances; and with each source's mean offset per point removed (the template's
+    # and iBUG's definitions of a point differ by a constant, e.g. the brow's outer end).
+    dist = {src: np.linalg.norm(np.asarray(v), axis=-1) for src, v in lmk.items() if v}       # (people, P)
+    unbiased = {src: np.linalg.norm(np.asarray(v) - np.asarray(v).mean(0), axis=-1) for src, v in lmk.items() if v}
+    table = {"points": {POINTS[k]: {src: float(d[:, n].mean()) for src, d in dist.items()} for n, k in enumerate(POINTS)},
+             "points_unbiased": {POINTS[k]: {src: float(d[:, n].mean()) for src, d in unbiased.items()}
+                                 for n, k in enumerate(POINTS)},
+             "mean": {src: float(d.mean()) for src, d in dist.items()},
+             "mean_unbiased": {src: float(d.mean()) for src, d in unbiased.items()},
+             "fitted": {src: int(d.shape[0]) for src, d in dist.items()},
              "identity": {c: {k: float(np.mean(v)) if v else None for k, v in d.items()} for c, d in ident.items()},
              "people": len(people), "preset": a.preset, "recognizer": "dlib (the fit's own: flatters it)"}
     if a.json:
@@ -154,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in table["points"].items():
             print(f"{name:<20}" + "".join(f"{row.get(s, float('nan')):16.4f}" for s in srcs))
         print(f"{'mean':<20}" + "".join(f"{table['mean'][s]:16.4f}" for s in srcs))
+        print(f"{'mean, offsets out':<20}" + "".join(f"{table['mean_unbiased'][s]:16.4f}" for s in srcs))
         print("identity cosine (render over grey vs smiling photos, dlib):")
         for c, d in table["identity"].items():
             print(f"  {c:<16} same person {d['same']}, other people {d['other']}")
