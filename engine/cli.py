@@ -19,6 +19,7 @@ import os
 import sys
 
 from . import __version__
+from .argtypes import whole
 from .contract import DEFAULT_PRESET, PRESET_NAMES, exit_code_summary
 
 PRESETS = PRESET_NAMES
@@ -26,19 +27,7 @@ FOCAL_35MM_RANGE = (4.0, 2000.0)  # fisheye to super-telephoto, 35 mm equivalent
 SEED_MAX = 2 ** 32 - 1
 
 
-def _whole(lo: int, hi: int | None = None):
-    """An argparse type: a whole number in [lo, hi], with a message that says the range."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            want = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise argparse.ArgumentTypeError(f"must be {want}, got {v}")
-        return v
-    parse.__name__ = "whole number"
-    return parse
+_whole = whole  # the shared type (engine/argtypes.py)
 
 
 def _focal_35mm(text: str) -> float:

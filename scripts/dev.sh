@@ -7,6 +7,8 @@
 #   bash scripts/dev.sh test      set up, run the whole test suite on 3.11, then on 3.13
 #   bash scripts/dev.sh test311   only the 3.11 run        bash scripts/dev.sh test313   only the 3.13 run
 #   bash scripts/dev.sh setup     only set up (both venvs)
+#   bash scripts/dev.sh texture-model [DATA]   rebuild the shipped texture model from ../shared/faces
+#                                 (scripts/build_texture_model.sh; ~45 min on 2 cores, resumable)
 #   bash scripts/dev.sh blas-matrix   the BLAS/thread-sensitive tests (numerics, the correspondence
 #                                     asset, fitting units) with OPENBLAS_CORETYPE=$BLAS_CORETYPE
 #                                     (default Haswell) and unset, x 1 and 2 threads, on 3.11
@@ -191,5 +193,9 @@ case "$cmd" in
         setup311
         .venv/bin/python scripts/demo.py "$@"
         ;;
-    *) echo "usage: bash scripts/dev.sh {demo|test|test311|test313|setup|blas-matrix} [pytest args]" >&2; exit 2 ;;
+    texture-model)
+        setup311
+        bash scripts/build_texture_model.sh "$@"
+        ;;
+    *) echo "usage: bash scripts/dev.sh {demo|test|test311|test313|setup|blas-matrix|texture-model} [args]" >&2; exit 2 ;;
 esac

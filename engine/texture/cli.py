@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..argtypes import whole
+
 
 def _dataset_parser(sub) -> None:
     p = sub.add_parser("dataset", help="build a UV texture dataset from photos (resumable)",
@@ -29,14 +31,17 @@ def _dataset_parser(sub) -> None:
     p.add_argument("--res", type=int, choices=(256, 512), default=256, help="atlas size in texels")
     p.add_argument("--preset", choices=("fast", "balanced", "best"), default="balanced",
                    help="the fit's preset (fast: ~4x quicker, rougher geometry)")
-    p.add_argument("--limit", type=int, default=None, help="process at most this many new photos")
+    p.add_argument("--limit", type=whole(0), default=None, help="process at most this many new photos")
     p.add_argument("--retry-failed", action="store_true", help="redo photos that failed before")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=whole(0, 2**32 - 1), default=0)
+    p.add_argument("--max-steps", type=whole(1), default=None, help=argparse.SUPPRESS)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=whole(1), default=None, help="torch CPU threads, at least 1")
     p.add_argument("--recognizer", choices=("dlib", "arcface", "none"), default="dlib",
                    help="identity loss of the balanced/best fit (none: skip it)")
+    p.add_argument("--strict-licence", action="store_true",
+                   help="leave out photos outside their source's stricter licence subset (congress-pd: "
+                        "members who left before the 110th Congress, see its LICENSE.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet (albedo | weight, face box, "
                    "first 24 samples) of the dataset to this PNG")
@@ -60,13 +65,11 @@ def main(args: argparse.Namespace) -> int:
     if args.texture_command == "dataset":
         from ..errors import EngineError
         from .dataset import build
-        if args.limit is not None and args.limit < 0:
-            raise SystemExit("error: --limit must be 0 or more")
         try:
             counts = build(args.inputs, args.output, res=args.res, preset=args.preset, limit=args.limit,
                            retry_failed=args.retry_failed, seed=args.seed, device=args.device,
                            max_steps=args.max_steps, recognizer=args.recognizer, threads=args.threads,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, strict_licence=args.strict_licence)
         except FileNotFoundError as e:
             raise SystemExit(f"error: {e}") from None
         except EngineError as e:

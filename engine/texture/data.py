@@ -64,11 +64,19 @@ class TextureData:
 class TextureDataset:
     """A checked dataset folder: its ``data.json`` (``meta``) and its ``ok`` records."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, strict_licence: bool = False):
+        """``strict_licence``: leave out the samples whose manifest flags put them outside their
+        source's stricter licence subset (``pd_strict: false``: congress-pd portraits of members who
+        left before the 110th Congress, see that folder's LICENSE.md); counted in ``excluded``."""
         self.root = Path(root)
         self.meta = read_meta(self.root)
         self.res = int(self.meta["res"])
         self.records, self.failed = read_manifest(self.root)
+        self.excluded = 0
+        if strict_licence:
+            kept = [r for r in self.records if (r.info.get("flags") or {}).get("pd_strict", True) is not False]
+            self.excluded = len(self.records) - len(kept)
+            self.records = kept
         if not self.records:
             raise BadInputError(f"The texture dataset {self.root} has no samples with status 'ok' in "
                                 f"manifest.jsonl ({self.failed} failed). Build it with 'python -m engine "
@@ -84,7 +92,7 @@ class TextureDataset:
             key = str(r.info.get("dataset") or "unknown")
             by_ds[key] = by_ds.get(key, 0) + 1
         return {"samples": len(self.records), "persons": len(self.persons), "failed": self.failed,
-                "res": self.res, "datasets": by_ds}
+                "excluded_by_licence": self.excluded, "res": self.res, "datasets": by_ds}
 
     def load(self, res: int | None = None, records: list[Record] | None = None,
              progress=None) -> TextureData:

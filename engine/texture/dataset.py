@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.output import remove_created
+
 log = logging.getLogger("engine.texture")
 
 FORMAT = "ganfit-texture-dataset"
@@ -374,11 +376,28 @@ def _check_out(out: Path, res: int) -> None:
                              f"{res}. Use --res {d.get('res')} to resume it, or another folder.")
 
 
+def _make_folder(out: Path) -> list[Path]:
+    """Create ``out`` and its missing parents; returns those this call created, top first."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    created = []
+    try:
+        for p in reversed(missing):
+            p.mkdir()
+            created.append(p)
+    except OSError as e:
+        remove_created(created)
+        raise SystemExit(f"error: cannot create the dataset folder {out}: {e.strerror or e}") from None
+    return created
+
+
 def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "balanced",
           limit: int | None = None, retry_failed: bool = False, seed: int = 0, device: str = "cpu",
           max_steps: int | None = None, recognizer: str = "dlib", threads: int | None = None,
-          progress: bool = True) -> dict:
-    """Build or resume the dataset; returns counts {"ok", "failed", "skipped", "stopped"}."""
+          progress: bool = True, strict_licence: bool = False) -> dict:
+    """Build or resume the dataset; returns counts {"ok", "failed", "skipped", "stopped"}.
+
+    ``strict_licence``: leave out photos outside their source's stricter licence subset
+    (``flags.pd_strict`` false), as ``texture train --strict-licence`` would."""
     from tqdm import tqdm
 
     from .. import __version__
@@ -387,7 +406,13 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
     out = Path(out).expanduser()
     _check_out(out, res)
     sources = collect(inputs)
-    out.mkdir(parents=True, exist_ok=True)
+    if strict_licence:
+        left = [s for s in sources if s.flags.get("pd_strict", True) is not False]
+        if len(left) < len(sources):
+            print(f"--strict-licence: {len(sources) - len(left)} photos outside their source's stricter "
+                  "licence subset left out", file=sys.stderr)
+        sources = left
+    created = _make_folder(out)
     manifest = out / "manifest.jsonl"
     done = read_manifest(manifest)
     todo = [s for s in sources
@@ -417,7 +442,11 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
         except ValueError:  # not the main thread
             pass
     try:
-        builder = Builder(res, preset, seed, device, max_steps, recognizer, threads)
+        try:
+            builder = Builder(res, preset, seed, device, max_steps, recognizer, threads)
+        except BaseException:
+            remove_created(created)  # a setup failure leaves no empty dataset folder behind
+            raise
         meta = out / "data.json"
         if not meta.exists():
             info = dict(builder.info, engine=__version__, mirror="colour (w a + 0.5 w' a')/(w + 0.5 w'), weight max(w, w')",

@@ -56,6 +56,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    help="reweight outlying texels (Cauchy, this many noise stds; e.g. 3); 0 = off (default)")
     p.add_argument("--seed", type=int, default=0, help="split and hold-back seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--strict-licence", action="store_true",
+                   help="train only on samples inside their source's stricter licence subset "
+                        "(congress-pd: last_congress >= 110, see its LICENSE.md); the shipped model uses it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     return p
 
@@ -79,7 +82,8 @@ def _log(msg: str) -> None:
 def train_ppca(data_dir: str | Path, output: str | Path, components: int | str = "auto",
                res: int = 128, holdout: float = 0.15, seed: int = 0, iters: int = 40,
                max_components: int = DEFAULT_MAX_COMPONENTS, out_res: int = 0,
-               overwrite: bool = False, rel_tol: float = 0.02, robust: float = 0.0, log=_log) -> dict:
+               overwrite: bool = False, rel_tol: float = 0.02, robust: float = 0.0,
+               strict_licence: bool = False, log=_log) -> dict:
     """Train masked PPCA and write the checkpoint. Returns its metadata (also in ganfit.json).
 
     ``components="auto"``: train ``max_components``, measure every leading count on the held-out
@@ -92,7 +96,7 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     if not out.parent.is_dir():
         raise OutputError(f"The folder for {out} does not exist; create it first.")
     t0 = time.time()
-    ds = D.TextureDataset(data_dir)
+    ds = D.TextureDataset(data_dir, strict_licence=strict_licence)
     data = ds.load(res)
     t_load = time.time() - t0
     train_idx, held_idx = D.split_by_person(data.records, holdout, seed)
@@ -140,6 +144,7 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     meta_extra = {
         "model": "ppca", "components": model.k, "res": model.res, "noise_std": model.sigma2 ** 0.5,
         "seed": seed, "holdout_fraction": holdout, "colour": "linear", "robust": robust,
+        "strict_licence": strict_licence,
         "data": {**summary, "train_samples": len(tr), "validation_samples": len(va),
                  "heldout_samples": len(te), "builder": ds.meta.get("builder")},
         "heldout_persons": sorted({r.person for r in te.records}),
@@ -191,7 +196,8 @@ def run_train(args) -> int:
             raise BadInputError(f"--res must be at least 8, got {args.res}")
         train_ppca(args.data, args.output, args.components, res=args.res, holdout=args.holdout,
                    seed=args.seed, iters=args.iters, max_components=args.max_components,
-                   out_res=args.out_res, overwrite=args.overwrite, robust=args.robust)
+                   out_res=args.out_res, overwrite=args.overwrite, robust=args.robust,
+                   strict_licence=args.strict_licence)
     except EngineError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return e.exit_code

@@ -230,3 +230,41 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path):
     assert all(x["status"] == "ok" for x in lines)
     # The resumed photos went to a new shard; the first one was left as it was.
     assert {x["shard"] for x in lines} == {"shard-00000.npz", "shard-00001.npz"}
+
+
+@pytest.mark.parametrize("flag,value,says", [("--limit", "-1", "at least 0"), ("--threads", "0", "at least 1"),
+                                             ("--seed", "x", "whole number"), ("--max-steps", "0", "at least 1")])
+def test_numeric_flags_are_checked(tmp_path, flag, value, says):
+    (tmp_path / "p.jpg").write_bytes(b"")
+    r = _run(tmp_path / "p.jpg", "-o", tmp_path / "d", flag, value)
+    assert r.returncode == 2 and flag in r.stderr and says in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.needs_shared("faces", "congress-pd")
+def test_setup_failure_leaves_no_folder(tmp_path):
+    """The builder's setup fails before any photo (no CUDA here): the folders it made are gone,
+    a folder that was there before stays."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    r = _run(CONGRESS, "-o", tmp_path / "new" / "deeper" / "d", "--device", "cuda")
+    assert r.returncode != 0 and "CUDA" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    r = _run(CONGRESS, "-o", tmp_path / "kept", "--device", "cuda")
+    assert r.returncode != 0 and (tmp_path / "kept").is_dir() and list((tmp_path / "kept").iterdir()) == []
+
+
+@pytest.mark.needs_shared("faces", "congress-pd")
+def test_strict_licence_leaves_out_older_congress_portraits(tmp_path):
+    """A000121 and A000212 left before the 110th Congress (metadata.csv), A000014 after."""
+    from engine.texture.dataset import collect
+    folder = CONGRESS.parent
+    flags = {s.id: s.flags for s in collect([str(folder / n) for n in ("A000121.jpg", "A000212.jpg", "A000014.jpg")])}
+    assert [f["pd_strict"] for f in flags.values()] == [False, False, True]
+    r = _run(folder / "A000121.jpg", folder / "A000212.jpg", folder / "A000014.jpg", "-o", tmp_path / "d",
+             "--strict-licence", "--limit", "0")
+    assert r.returncode == 0, r.stderr
+    assert "2 photos outside their source's stricter licence subset left out" in r.stderr
+    assert "1 photos: 0 already done, 0 to do" in r.stderr

@@ -304,3 +304,28 @@ def test_robust_reweighting_ignores_trusted_outliers():
     robust = P.heldout_error(P.fit_ppca(bad[:160], wt[:160], RANK, iters=30, robust=3.0), alb[160:], wt[160:],
                              hb, [RANK])
     assert robust[RANK]["rmse"] < 1.5 * NOISE < plain[RANK]["rmse"]
+
+
+def test_strict_licence_leaves_out_flagged_samples(synth, tmp_path):
+    """--strict-licence drops exactly the samples flagged outside their source's stricter subset."""
+    import shutil
+    d = tmp_path / "d"
+    shutil.copytree(synth, d)
+    lines = (d / "manifest.jsonl").read_text().splitlines()
+    out = []
+    for n, line in enumerate(lines):
+        obj = json.loads(line)
+        if obj["status"] == "ok" and n % 4 == 0:
+            obj["flags"] = {"pd_strict": False}
+        elif obj["status"] == "ok" and n % 4 == 1:
+            obj["flags"] = {"pd_strict": True}
+        out.append(json.dumps(obj))
+    (d / "manifest.jsonl").write_text("\n".join(out) + "\n")
+    flagged = sum(1 for n, line in enumerate(lines) if json.loads(line)["status"] == "ok" and n % 4 == 0)
+    assert len(D.TextureDataset(d).records) == 160
+    strict = D.TextureDataset(d, strict_licence=True)
+    assert len(strict.records) == 160 - flagged and strict.excluded == flagged > 0
+    assert all((r.info.get("flags") or {}).get("pd_strict") is not False for r in strict.records)
+    meta = train_ppca(d, tmp_path / "m.pt", 3, res=RES, iters=5, strict_licence=True, log=lambda *_: None)
+    assert meta["strict_licence"] and meta["data"]["excluded_by_licence"] == flagged
+    assert meta["data"]["samples"] == 160 - flagged
