@@ -57,6 +57,13 @@ def fit(photo: Path, out: Path, preset: str, extra: list[str]) -> dict | None:
     return json.loads((out / "result.json").read_text())
 
 
+def heldout_persons() -> set[str]:
+    """The persons the shipped texture model was not trained on (from its checkpoint)."""
+    from engine.fit.texture import DEFAULT_MODEL, load_generator
+    _, meta = load_generator(DEFAULT_MODEL)
+    return set(meta.get("heldout_persons") or [])
+
+
 def human(photo: Path) -> np.ndarray:
     return np.loadtxt(photo.with_suffix("").as_posix() + ".pts189.txt")
 
@@ -99,6 +106,9 @@ def embed_images(rec, images: list[np.ndarray]) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=8, help="people (London neutral/smiling pairs)")
+    ap.add_argument("--all-people", action="store_true",
+                    help="the first n people; default: the shipped texture model's held-out people "
+                         "(its checkpoint's heldout_persons), so its own training data does not flatter it")
     ap.add_argument("--calibrate", type=int, default=4, help="photos for the template correspondence")
     ap.add_argument("--preset", default="balanced")
     ap.add_argument("--configs", default=",".join(CONFIGS))
@@ -108,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     neutral = sorted(FACES.glob("london_*_neutral.jpg"))
     neutral = [p for p in neutral if Path(str(p).replace("_neutral", "_smiling")).is_file()
                and Path(p.with_suffix("").as_posix() + ".pts189.txt").is_file()]
-    calib, people = neutral[-a.calibrate:], neutral[: a.n]
+    if a.all_people:
+        calib, people = neutral[-a.calibrate:], neutral[: a.n]
+    else:
+        held = heldout_persons()
+        people = [p for p in neutral if p.stem.rsplit("_", 1)[0] in held][: a.n]
+        calib = [p for p in neutral if p not in people][-a.calibrate:]
     corr = calibrate(calib)
     print("template points:", {POINTS[i]: j for i, j in corr.items()})
     from PIL import Image
@@ -154,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
              "mean_unbiased": {src: float(d.mean()) for src, d in unbiased.items()},
              "fitted": {src: int(d.shape[0]) for src, d in dist.items()},
              "identity": {c: {k: float(np.mean(v)) if v else None for k, v in d.items()} for c, d in ident.items()},
-             "people": len(people), "preset": a.preset, "recognizer": "dlib (the fit's own: flatters it)"}
+             "people": [p.stem for p in people], "preset": a.preset, "recognizer": "dlib (the fit's own: flatters it)"}
     if a.json:
         print(json.dumps(table))
     else:
