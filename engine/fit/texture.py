@@ -225,9 +225,13 @@ class GeneratorTexture(TextureModel):
         """The model's albedo plus the detail layer (``detail_layer``) on the face, continued over
         the whole head (``uvspace.complete_head``)."""
         face = fitted
+        seen = (conf * conf_gain).clamp(0, 1) * (1 if trust is None else trust)
         if cfg is not None and cfg.detail:
-            face = fitted + detail_layer(fitted, delit, conf, trust, conf_gain, cfg)[0]
-        return uvspace.complete_head(face.clamp(0, 1), uvr, model)
+            d, a = detail_layer(fitted, delit, conf, trust, conf_gain, cfg)
+            face = fitted + d
+            seen = a
+        face = uvspace.lift_unseen_dark(face.clamp(0, 1), seen, uvr, model)
+        return uvspace.complete_head(face, uvr, model)
 
 
 # A de-lit photo texel's error (linear albedo units) when the latent is estimated from it: shading

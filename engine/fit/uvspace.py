@@ -280,6 +280,34 @@ def continue_from_border(values: torch.Tensor, known: torch.Tensor, points: torc
     return out, dist
 
 
+def lift_unseen_dark(albedo: torch.Tensor, seen: torch.Tensor, uvr: UVRaster, model,
+                     dark: float = 0.7, margin_cm: float = 1.5) -> torch.Tensor:
+    """A linear texture model extrapolates the hair it saw in training onto unseen forehead texels
+    (a fringe that the trust weight kept out leaves the model free there) and clothing onto the
+    unseen neck. Above the brows, beside the eyes (by ``margin_cm``, soft) and below the chin,
+    texels that the photo does not show (``seen`` (1, T, T) in [0, 1]) and that are darker than ``dark`` x the seen skin's
+    median luminance are pulled toward that skin tone, smoothly. (1, T, T, 3) -> same."""
+    rid = {n: i for i, n in enumerate(model.region_names)}
+    face = (uvr.region == rid["face"])[None]
+    good = (seen > 0.5) & face
+    if int(good.sum()) < 50:
+        return albedo
+    tone = albedo[good].median(0).values                                   # (3,)
+    lum = lambda x: (x * torch.tensor([0.2126, 0.7152, 0.0722], device=x.device)).sum(-1)  # noqa: E731
+    t_lum = float(lum(tone))
+    pos, _ = render.interpolate(model.vertices_neutral[None].contiguous(), uvr.rast, model.tris)
+    x, y = pos[..., 0], pos[..., 1]
+    lm = model.vertices_neutral[model.landmarks68]
+    brow, chin = float(lm[17:27, 1].max()) + margin_cm, float(lm[8, 1])
+    side = float(lm[[36, 45], 0].abs().max()) + margin_cm
+    ramp = lambda v: (v / margin_cm).clamp(0, 1)  # noqa: E731  soft zone edges
+    zone = torch.maximum(torch.maximum(ramp(y - brow), ramp(chin - y)), ramp(x.abs() - side)) * face
+    u = ((dark * t_lum - lum(albedo)) / (0.25 * t_lum)).clamp(0, 1) * (1 - seen.clamp(0, 1)) * zone
+    k = max(3, (uvr.res // 64) | 1)
+    u = F.avg_pool2d(u[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0] * face
+    return albedo * (1 - u[..., None]) + tone * u[..., None]
+
+
 def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model) -> torch.Tensor:
     """A whole-head atlas from an albedo that is complete on the fitted face (a latent texture
     model's output): the scalp, the back of the head and the neck continue the face's colours over
