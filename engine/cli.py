@@ -83,8 +83,14 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
                    help="face recogniser for the identity/content losses (arcface needs insightface's "
                         "w600k_r50.onnx, research-only licence)")
     p.add_argument("--recognizer-path", help="path to the recogniser weights (arcface .onnx)")
-    p.add_argument("--texture-model", default="texel",
-                   help="'texel' (default, per-texel albedo) or a generator checkpoint (.pt)")
+    p.add_argument("--texture-model", default="default",
+                   help="'default' (the shipped learned model, engine/data/texture/default.pt; the "
+                        "per-texel texture with a warning if it is missing), 'texel' (per-texel "
+                        "albedo) or a generator checkpoint (.pt)")
+    p.add_argument("--detail", action=argparse.BooleanOptionalAction, default=None,
+                   help="a learned model's per-texel detail layer from the photo where it is "
+                        "trusted (default: off; it keeps wrinkles and freckles but did not raise "
+                        "the identity measure)")
     p.add_argument("--landmarks", choices=("mediapipe", "fan"), default="mediapipe",
                    help="landmark detector (fan needs the face-alignment package and its weights)")
     p.add_argument("--focal-35mm", type=_focal_35mm,

@@ -59,9 +59,14 @@ def point_to_polyline(points: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
     return closest_on_polyline(points, line)[0]
 
 
-def contour_loss(jaw_pred_line: torch.Tensor, jaw_target: torch.Tensor, iod: float) -> torch.Tensor:
-    """Mean squared point-to-jawline distance / iod^2 (see ``point_to_polyline``)."""
-    return (point_to_polyline(jaw_target, jaw_pred_line) ** 2).mean() / (iod * iod)
+def contour_loss(jaw_pred_line: torch.Tensor, jaw_target: torch.Tensor, iod: float,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared point-to-jawline distance / iod^2 (see ``point_to_polyline``); ``weights``
+    (N,) per jaw point (None: all 1)."""
+    d2 = point_to_polyline(jaw_target, jaw_pred_line) ** 2
+    if weights is None:
+        return d2.mean() / (iod * iod)
+    return (d2 * weights).sum(-1).mean() / weights.sum().clamp_min(1e-9) / (iod * iod)
 
 
 def masked_l1(render: torch.Tensor, photo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,6 +115,7 @@ class LandmarkTargets:
     tri_v: torch.Tensor | None = None  # (N, 3) model vertices of each dense point's triangle
     bary: torch.Tensor | None = None   # (N, 3) barycentric coordinates in it
     weights: torch.Tensor | None = None  # (N,) per-point weights
+    jaw_weights: torch.Tensor | None = None  # (17,) per jaw point (trust: beards pull less), or None
 
 
 def landmark_terms(p2: torch.Tensor, t: LandmarkTargets, remap: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -122,7 +128,7 @@ def landmark_terms(p2: torch.Tensor, t: LandmarkTargets, remap: torch.Tensor | N
         landmark = landmark_loss(pts, t.dense, t.iod, t.weights)
     else:
         landmark = landmark_loss(p2[:, r(t.inner_idx)], t.det[:, INNER], t.iod)
-    contour = contour_loss(p2[:, r(t.jaw_idx)], t.det[:, JAW], t.iod)
+    contour = contour_loss(p2[:, r(t.jaw_idx)], t.det[:, JAW], t.iod, t.jaw_weights)
     return {"landmark": landmark, "contour": contour}
 
 
@@ -139,7 +145,8 @@ def prior_terms(shape: torch.Tensor, expr: torch.Tensor | None = None,
 
 
 def photo_terms(colour: torch.Tensor, photo: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``pixel``: masked L1 of the render against the photo (both sRGB)."""
+    """``pixel``: masked L1 of the render against the photo (both sRGB); ``mask`` carries the
+    trust weight (``trust.py``) where the fit uses one."""
     return {"pixel": masked_l1(colour, photo, mask)}
 
 

@@ -25,6 +25,7 @@ from ..camera import Intrinsics
 from ..errors import MissingModelError
 from ..lighting import exposure_from_white_point
 from .config import FitConfig
+from . import trust
 from .hooks import Hooks
 from .stages import albedo, coarse, detect, fine, unwrap, write
 from .stages.albedo import FitOutput
@@ -73,6 +74,10 @@ def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dens
     t = time.perf_counter()
     hooks.stage("coarse")
     framed = detect.frame(photo, det68, dense, K_full, m, cfg, dev)
+    trust_map = None
+    if cfg.fine.trust:
+        trust_map = trust.skin_trust(framed.crop.image, framed.targets.det[0].cpu().numpy())
+        trust.weigh_outline(framed.targets, trust_map)
     rough = coarse.run(m, cfg, framed, expr_init, hooks, dev)
     timings["coarse"] = time.perf_counter() - t
 
@@ -80,12 +85,13 @@ def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dens
     hooks.check_cancel()
     hooks.stage("unwrap")
     exposure = exposure_from_white_point(photo, full=cfg.unwrap.exposure_full, none=cfg.unwrap.exposure_none)
-    start = unwrap.run(env.ctx, m, cfg, rough.params, framed.crop, env.texture_factory, dev, exposure)
+    start = unwrap.run(env.ctx, m, cfg, rough.params, framed.crop, env.texture_factory, dev, exposure,
+                       trust_map)
     timings["unwrap"] = time.perf_counter() - t
 
     t = time.perf_counter()
     hooks.stage("fine")
-    refined = fine.run(env.ctx, m, cfg, rough, start, framed, env.recognizer, hooks, dev)
+    refined = fine.run(env.ctx, m, cfg, rough, start, framed, env.recognizer, hooks, dev, trust_map)
     timings["fine"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -272,6 +272,9 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     K_full = Intrinsics.from_focal(focal_px_from_35mm(f35 or DEFAULT_FOCAL_35MM, W, H), W, H)
     cfg = get_config(args.preset, seed=args.seed, texture_res=args.texture_res,
                      fit_expression=not args.neutral).capped(args.max_steps)
+    if getattr(args, "detail", None) is not None:
+        from dataclasses import replace as _replace
+        cfg = _replace(cfg, albedo=_replace(cfg.albedo, detail=args.detail))
     if args.recognizer == "none":
         from dataclasses import replace
         cfg = replace(cfg, identity=False)
@@ -280,7 +283,7 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     if cfg.identity:
         from ..perception.recognizer import load_recognizer
         recognizer = load_recognizer(args.recognizer, path=args.recognizer_path, device=device)
-    env = pipeline.Env(model, cfg, ctx, device, recognizer, _texture_factory(args, device, cfg))
+    env = pipeline.Env(model, cfg, ctx, device, recognizer, _texture_factory(args, device, cfg, run.warn))
     timings["load"] = time.perf_counter() - t
     run.check_cancel()
 
@@ -333,10 +336,19 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     return True
 
 
-def _texture_factory(args, device, cfg):
-    from .texture import GeneratorTexture, TexelTexture, load_generator
-    if args.texture_model in (None, "", "texel"):
+def _texture_factory(args, device, cfg, warn=None):
+    from .texture import DEFAULT_MODEL, GeneratorTexture, TexelTexture, load_generator
+    choice = args.texture_model or "default"
+    if choice == "default":
+        if not DEFAULT_MODEL.is_file():
+            if warn is not None:
+                warn(f"The shipped texture model is missing ({DEFAULT_MODEL}); fitted a per-texel texture "
+                     "instead (--texture-model texel). Reinstall the engine to get the learned model.")
+            choice = "texel"
+        else:
+            choice = str(DEFAULT_MODEL)
+    if choice == "texel":
         return lambda base: TexelTexture(base)
-    module, meta = load_generator(args.texture_model, device)
+    module, meta = load_generator(choice, device)
     res = min(cfg.texture_res, cfg.unwrap.max_res)  # the size the fine stage's texture works at
     return lambda base: GeneratorTexture(module, meta, resolution=res)

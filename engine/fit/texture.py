@@ -24,9 +24,10 @@ The interface the fit uses (the fine stage never asks which kind it has):
 * ``sample() -> TextureSample``: the albedo for this step, with whatever the priors need;
 * ``priors(sample, face_mask, model) -> dict[str, Tensor]``: its own unweighted regularisers,
   named after ``config.Weights`` fields (``losses.weigh`` weights them);
-* ``param_groups(lr)``: its optimiser groups;
-* ``final_albedo(fitted, delit, conf, uvr, model, conf_gain)``: the full-resolution atlas from its
-  fitted albedo and the de-lit photo unwrap (the albedo stage).
+* ``init_from(base, weight)``: its start from the de-lit photo unwrap (the unwrap stage);
+* ``param_groups(lr)``: its optimiser groups, ``lr`` = the ``Rates`` field named by ``rate``;
+* ``final_albedo(fitted, delit, conf, uvr, model, conf_gain, trust=, cfg=)``: the full-resolution
+  atlas from its fitted albedo and the de-lit photo unwrap (the albedo stage).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from . import uvspace
 from .losses import total_variation
 
 GENERATOR_FORMAT = "ganfit-texture-generator"
+# The shipped learned texture model (``--texture-model default``, the fit's default).
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "data" / "texture" / "default.pt"
 
 
 @dataclass
@@ -55,6 +58,9 @@ class TextureSample:
 
 class TextureModel(torch.nn.Module):
     name = "base"
+    rate = "texture"          # the ``config.Rates`` field of its learning rate
+    latent_first = False      # fitted alone first (the fine stage's GANFit schedule)
+    uses_trust = False        # its final albedo takes the photo's per-texel trust
 
     def forward(self) -> torch.Tensor:  # (1, T, T, 3) in [0, 1]
         raise NotImplementedError
@@ -64,6 +70,10 @@ class TextureModel(torch.nn.Module):
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def init_from(self, base: torch.Tensor, weight: torch.Tensor) -> None:
+        """Start from the de-lit photo unwrap ``base`` (1, T, T, 3) where ``weight`` (1, T, T) trusts
+        it. Default: nothing (a texel texture is built on it; a generator starts at its mean)."""
 
     def prior(self) -> torch.Tensor:
         """Regulariser on p_t itself (0 unless a kind defines one)."""
@@ -75,7 +85,8 @@ class TextureModel(torch.nn.Module):
         return {"tex_prior": self.prior()}
 
     def final_albedo(self, fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor,
-                     uvr: uvspace.UVRaster, model, conf_gain: float) -> torch.Tensor:
+                     uvr: uvspace.UVRaster, model, conf_gain: float, trust: torch.Tensor | None = None,
+                     cfg=None) -> torch.Tensor:
         """The completed full-resolution atlas. Default: the model's own albedo, completed without
         the photo (a learned model's texture is trusted as it is)."""
         face = ((uvr.tri_id >= 0) & (uvr.tri_id < model.fit_tri_count))[None].float()
@@ -135,7 +146,8 @@ class TexelTexture(TextureModel):
                 "tex_symmetry": ((alb - uvspace.mirror_face(alb, model)).abs() * m).mean()}
 
     def final_albedo(self, fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor,
-                     uvr: uvspace.UVRaster, model, conf_gain: float) -> torch.Tensor:
+                     uvr: uvspace.UVRaster, model, conf_gain: float, trust: torch.Tensor | None = None,
+                     cfg=None) -> torch.Tensor:
         """The de-lit photo where it is seen well (fully from confidence 1/conf_gain on), the
         fitted albedo elsewhere, completed by symmetry, neighbours and skin tone."""
         c = (conf * conf_gain).clamp(0, 1)[..., None]
@@ -143,9 +155,17 @@ class TexelTexture(TextureModel):
 
 
 class GeneratorTexture(TextureModel):
-    """A latent-space texture model around a generator (``p_t`` = the latent)."""
+    """A latent-space texture model around a generator (``p_t`` = the latent).
+
+    The fit: the latent starts at the MAP estimate from the de-lit unwrap when the generator is
+    linear (a PPCA checkpoint: closed form, ``init_from``), else at the mean; the fine stage
+    optimises it (alone first, then with the geometry); the albedo stage adds the detail layer
+    (``final_albedo``) and continues the face over the whole head (``uvspace.complete_head``)."""
 
     name = "generator"
+    rate = "latent"
+    latent_first = True
+    uses_trust = True
 
     def __init__(self, generator: torch.nn.Module, meta: dict, resolution: int | None = None):
         super().__init__()
@@ -161,6 +181,7 @@ class GeneratorTexture(TextureModel):
         self.out_range = str(meta.get("output_range", "-1,1"))
         self.resolution_out = resolution
         self.latent = torch.nn.Parameter(torch.zeros(1, dim))  # start at the mean face
+        self.linear = _linear_model(generator, dim)
 
     def forward(self) -> torch.Tensor:
         z = self.latent_mean + self.truncation * self.latent
@@ -173,6 +194,108 @@ class GeneratorTexture(TextureModel):
 
     def prior(self) -> torch.Tensor:
         return (self.latent ** 2).mean()
+
+    def priors(self, sample: TextureSample, face_mask: torch.Tensor, model) -> dict[str, torch.Tensor]:
+        """``latent_prior``: the latent's unit Gaussian prior (mean z^2)."""
+        return {"latent_prior": self.prior()}
+
+    @torch.no_grad()
+    def init_from(self, base: torch.Tensor, weight: torch.Tensor) -> None:
+        """The MAP latent of a linear (PPCA) model given the trusted texels of ``base``: the
+        posterior mean under the unit Gaussian prior with a noise of ``LATENT_NOISE`` per texel
+        (the de-lit photo's error, far above the model's training noise)."""
+        if self.linear is None or float(weight.sum()) < 1:
+            return
+        from ..texture import ppca as P
+        m = self.linear
+        img = base.permute(0, 3, 1, 2).flip(-2)  # row 0 = top, as the model
+        w = weight[:, None].flip(-2)
+        if img.shape[-1] != m.res:
+            img = F.interpolate(img, size=(m.res, m.res), mode="area")
+            w = F.interpolate(w, size=(m.res, m.res), mode="area")
+        x, wf = P._flat(img.float().cpu(), w[:, 0].float().cpu())
+        Wt = P._tex(m.basis).permute(1, 2, 0).contiguous()
+        z, _ = P.posterior(Wt, P._tex(m.mean), max(m.sigma2, LATENT_NOISE ** 2), x, wf)
+        z = (z.to(self.latent.device) - self.latent_mean) / max(self.truncation, 1e-6)
+        self.latent.copy_(z)
+
+    def final_albedo(self, fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor,
+                     uvr: uvspace.UVRaster, model, conf_gain: float, trust: torch.Tensor | None = None,
+                     cfg=None) -> torch.Tensor:
+        """The model's albedo plus the detail layer (``detail_layer``) on the face, continued over
+        the whole head (``uvspace.complete_head``)."""
+        face = fitted
+        seen = (conf * conf_gain).clamp(0, 1) * (1 if trust is None else trust)
+        if cfg is not None and cfg.detail:
+            d, a = detail_layer(fitted, delit, conf, trust, conf_gain, cfg)
+            face = fitted + d
+            seen = a
+        face = uvspace.lift_unseen_dark(face.clamp(0, 1), seen, uvr, model)
+        return uvspace.complete_head(face, uvr, model)
+
+
+# A de-lit photo texel's error (linear albedo units) when the latent is estimated from it: shading
+# and de-lighting errors, far above a PPCA model's training noise.
+LATENT_NOISE = 0.05
+
+
+def detail_layer(fitted: torch.Tensor, delit: torch.Tensor, conf: torch.Tensor, trust: torch.Tensor | None,
+                 conf_gain: float, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detail layer d on the model's albedo: ``fitted + d`` is the final face albedo.
+
+    Per texel, d minimises  w (fitted + d - delit)^2 + prior d^2 , i.e. d = a x residual with
+    a = w / (w + prior), w = seen x frontal (``conf``) x skin and regions (``trust``) x the
+    Geman-McClure weight of the residual itself (what the model cannot explain is an occluder).
+    Split in two, so that no seam is left where the photo's coverage ends: the residual's low
+    frequencies (tone: the light/albedo balance the model could not reach) are filled in from the
+    trusted texels and applied over the whole face, smoothly; its high frequencies (wrinkles,
+    moles, brows) only by ``a``. Returns (d (1, T, T, 3), a (1, T, T))."""
+    w = (conf * conf_gain).clamp(0, 1)
+    if trust is not None:
+        w = w * trust
+    from .trust import geman_mcclure
+    res = delit - fitted
+    T = res.shape[1]
+    k = max(3, (T // 128) | 1)
+    smooth = lambda x: F.avg_pool2d(x[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]  # noqa: E731
+
+    def low_pass(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Weighted means over cells of 1/LOW_FREQ_DIV of the atlas (only well-trusted texels set
+        # the tone), holes filled from the nearest cells (pull-push), back to full size smoothly.
+        lo_res = max(4, T // LOW_FREQ_DIV)
+        wt = (weight * (weight > 0.5))[:, None]
+        num = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2) * wt, lo_res)
+        den = F.adaptive_avg_pool2d(wt, lo_res)
+        cells = (num / den.clamp_min(1e-6)).permute(0, 2, 3, 1)
+        filled = uvspace.pull_push(cells, (den[:, 0] * 4).clamp(0, 1))
+        return F.interpolate(filled.permute(0, 3, 1, 2), size=(T, T), mode="bicubic",
+                             align_corners=False).permute(0, 2, 3, 1)
+
+    low = low_pass(res, smooth(w))
+    # Robust weights of the high frequencies: a frame's edge or a strand of hair is a large local
+    # residual even where the model's tone is far from the photo's.
+    w = w * geman_mcclure((res - low).abs().mean(-1), w, cfg.detail_robust_scale)
+    # Eroded, then smoothed: soft edges that never reach back into a rejected texel's neighbourhood.
+    a = smooth(-F.max_pool2d(-w[:, None], k, stride=1, padding=k // 2)[:, 0])
+    a = a / (a + cfg.detail_prior)
+    low = low_pass(res, a)
+    return low + a[..., None] * (res - low), a
+
+
+# The detail layer's tone part varies over 1/LOW_FREQ_DIV of the atlas (about 1/3 of the face box).
+LOW_FREQ_DIV = 16
+
+
+def _linear_model(generator: torch.nn.Module, dim: int):
+    """The PPCA model inside a PPCA checkpoint (for the closed-form start), else None."""
+    if not (hasattr(generator, "basis") and hasattr(generator, "mean") and hasattr(generator, "sigma2")):
+        return None
+    try:
+        from ..texture.ppca import model_from_generator
+        m = model_from_generator(generator)
+    except Exception:  # noqa: BLE001 - not a PPCA module after all: fit from the mean
+        return None
+    return m if m.k == dim else None
 
 
 def save_generator(module: torch.nn.Module, path: str | Path, latent_dim: int,

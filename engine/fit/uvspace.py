@@ -22,6 +22,11 @@ IRIS = (0.28, 0.18, 0.11)
 PUPIL = (0.03, 0.03, 0.03)
 MOUTH = (0.35, 0.13, 0.12)
 SOCKET = (0.20, 0.10, 0.09)
+# The mouth socket by distance from the lips (cm, neutral mesh): the lips' colour up to LIP_CM,
+# gums up to GUM_CM, teeth up to TEETH_CM, then the cavity (MOUTH, darker).
+LIP_CM, GUM_CM, TEETH_CM = 0.1, 0.4, 1.6
+GUMS = (0.55, 0.25, 0.24)
+TEETH = (0.72, 0.66, 0.55)
 
 
 @dataclass
@@ -191,12 +196,25 @@ def complete_albedo(albedo: torch.Tensor, conf: torch.Tensor, uvr: UVRaster, mod
     out = torch.where(face[..., None], face_img, out)
 
     # 3. Carried parts the photo never shows.
-    dev = albedo.device
-    col = lambda c: torch.tensor(c, device=dev)  # noqa: E731
     head = (region == rid["head_neck"])[None]
     out = torch.where(head[..., None], skin * 0.97, out)
-    mouth = (region == rid["mouth_socket"])[None]
-    out = torch.where(mouth[..., None], col(MOUTH), out)
+    out = paint_carried(out, uvr, model)
+
+    # 4. Pad every island outward (fills the gaps between islands too).
+    covered = (region >= 0)[None].float()
+    return pull_push(out, covered).clamp(0, 1)
+
+
+def paint_carried(out: torch.Tensor, uvr: UVRaster, model, mouth: torch.Tensor | None = None) -> torch.Tensor:
+    """Generic colours for the carried parts that no photo shows: the mouth socket (``MOUTH``, or
+    the given (1, T, T, 3) ``mouth`` image there), the eye sockets and the painted eyeballs (iris
+    and pupil by the angle from each eye's axis). Other texels of ``out`` are kept."""
+    region = uvr.region
+    rid = {n: i for i, n in enumerate(model.region_names)}
+    dev = out.device
+    col = lambda c: torch.tensor(c, device=dev)  # noqa: E731
+    mouth_t = (region == rid["mouth_socket"])[None]
+    out = torch.where(mouth_t[..., None], col(MOUTH) if mouth is None else mouth, out)
     sockets = ((region == rid["eye_socket_left"]) | (region == rid["eye_socket_right"]))[None]
     out = torch.where(sockets[..., None], col(SOCKET), out)
     # Eyeballs: ICT's sclera is an opaque ball in front of the iris, so paint the cornea's cap of
@@ -220,7 +238,107 @@ def complete_albedo(albedo: torch.Tensor, conf: torch.Tensor, uvr: UVRaster, mod
         img = out[0].clone()
         img[ball] = c
         out = img[None]
+    return out
 
-    # 4. Pad every island outward (fills the gaps between islands too).
+
+def vertex_colours(albedo: torch.Tensor, model, tris: torch.Tensor, tri_uvs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The atlas sampled at the corners of ``tris`` and averaged per vertex: (V, C) colours and
+    (V,) bool, which vertices any of the triangles touch. albedo: (1, T, T, C) atlas layout."""
+    uv = model.uvs[tri_uvs.long().reshape(-1)]                       # (3n, 2)
+    grid = (uv * 2 - 1)[None, None]                                  # row 0 = v 0 = grid y -1
+    c = F.grid_sample(albedo.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border",
+                      align_corners=False)[0, :, 0].t()              # (3n, C)
+    idx = tris.long().reshape(-1)
+    V = model.n_vertices
+    acc = torch.zeros(V, c.shape[1], device=c.device).index_add_(0, idx, c)
+    cnt = torch.zeros(V, device=c.device).index_add_(0, idx, torch.ones_like(idx, dtype=c.dtype))
+    return acc / cnt.clamp_min(1)[:, None], cnt > 0
+
+
+def continue_from_border(values: torch.Tensor, known: torch.Tensor, points: torch.Tensor,
+                         tris: torch.Tensor, power: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continue per-vertex ``values`` (V, C) from the ``known`` vertices to the others: Shepard
+    interpolation (inverse distance ^ ``power`` over the 3D ``points`` (V, 3)) of the known border
+    vertices (those with an edge to an unknown one). Exact at the border, smooth away from it, so
+    the continued part meets the known one without a band. Returns the values (known ones
+    unchanged) and each vertex's distance to the border (0 on known vertices)."""
+    t = tris.long()
+    e = torch.cat([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
+    cross = known[e[:, 0]] != known[e[:, 1]]
+    ends = e[cross].reshape(-1)
+    border = torch.zeros_like(known)
+    border[ends[known[ends]]] = True
+    free = ~known
+    out = values.clone()
+    dist = torch.zeros(len(values), device=values.device)
+    if not border.any() or not free.any():
+        return out, dist
+    d = torch.cdist(points[free], points[border]).clamp_min(1e-4)      # (F, B)
+    w = d.pow(-power)
+    out[free] = (w @ values[border]) / w.sum(1, keepdim=True)
+    dist[free] = d.min(1).values
+    return out, dist
+
+
+def lift_unseen_dark(albedo: torch.Tensor, seen: torch.Tensor, uvr: UVRaster, model,
+                     dark: float = 0.7, margin_cm: float = 1.5) -> torch.Tensor:
+    """A linear texture model extrapolates the hair it saw in training onto unseen forehead texels
+    (a fringe that the trust weight kept out leaves the model free there) and clothing onto the
+    unseen neck. Above the brows, beside the eyes (by ``margin_cm``, soft) and below the chin,
+    texels that the photo does not show (``seen`` (1, T, T) in [0, 1]) and that are darker than ``dark`` x the seen skin's
+    median luminance are pulled toward that skin tone, smoothly. (1, T, T, 3) -> same."""
+    rid = {n: i for i, n in enumerate(model.region_names)}
+    face = (uvr.region == rid["face"])[None]
+    good = (seen > 0.5) & face
+    if int(good.sum()) < 50:
+        return albedo
+    tone = albedo[good].median(0).values                                   # (3,)
+    lum = lambda x: (x * torch.tensor([0.2126, 0.7152, 0.0722], device=x.device)).sum(-1)  # noqa: E731
+    t_lum = float(lum(tone))
+    pos, _ = render.interpolate(model.vertices_neutral[None].contiguous(), uvr.rast, model.tris)
+    x, y = pos[..., 0], pos[..., 1]
+    lm = model.vertices_neutral[model.landmarks68]
+    brow, chin = float(lm[17:27, 1].max()) + margin_cm, float(lm[8, 1])
+    side = float(lm[[36, 45], 0].abs().max()) + margin_cm
+    ramp = lambda v: (v / margin_cm).clamp(0, 1)  # noqa: E731  soft zone edges
+    zone = torch.maximum(torch.maximum(ramp(y - brow), ramp(chin - y)), ramp(x.abs() - side)) * face
+    u = ((dark * t_lum - lum(albedo)) / (0.25 * t_lum)).clamp(0, 1) * (1 - seen.clamp(0, 1)) * zone
+    k = max(3, (uvr.res // 64) | 1)
+    u = F.avg_pool2d(u[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0] * face
+    return albedo * (1 - u[..., None]) + tone * u[..., None]
+
+
+def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model) -> torch.Tensor:
+    """A whole-head atlas from an albedo that is complete on the fitted face (a latent texture
+    model's output): the scalp, the back of the head and the neck continue the face's colours over
+    the mesh (``continue_from_border``), so there is no band where the face's texels end; the mouth
+    socket continues the lips, then gums, teeth and a dark cavity (``GUM_CM``, ``TEETH_CM``);
+    sockets and eyeballs as ``paint_carried``. Returns the (1, T, T, 3) padded atlas."""
+    rid = {n: i for i, n in enumerate(model.region_names)}
+    region = uvr.region
+    face = (region == rid["face"])[None]
+    nf = model.fit_tri_count
+    col, known = vertex_colours(face_albedo, model, model.tris[:nf], model.tri_uvs[:nf])
+    cont, dist = continue_from_border(col, known, model.vertices_neutral, model.tris)
+    # Channel 4: the distance to the face (cm), for the mouth socket's bands.
+    interp, _ = render.interpolate(torch.cat([cont, dist[:, None]], 1)[None].contiguous(), uvr.rast, model.tris)
+    head_img, dist_img = interp[..., :3], interp[..., 3:4]
+    out = torch.where(face[..., None], face_albedo, torch.zeros_like(face_albedo))
+    head = (region == rid["head_neck"])[None]
+    out = torch.where(head[..., None], head_img, out)
+    out = paint_carried(out, uvr, model)
+    # Mouth socket (ICT's teeth and gums are not carried): from the lips inward, gums, a band of
+    # teeth, then a dark, reddish cavity, by the distance from the lips over the mesh.
+    mouth = region[None] == rid["mouth_socket"]
+    if mouth.any():
+        dev = out.device
+        d = dist_img[mouth]                                   # (n, 1)
+        ramp = lambda x: ((d - x) / 0.05 + 0.5).clamp(0, 1)  # noqa: E731  0 -> 1 across x (5 mm)
+        colour = (head_img[mouth] * (1 - ramp(LIP_CM))
+                  + torch.tensor(GUMS, device=dev) * (ramp(LIP_CM) - ramp(GUM_CM))
+                  + torch.tensor(TEETH, device=dev) * (ramp(GUM_CM) - ramp(TEETH_CM))
+                  + torch.tensor(MOUTH, device=dev) * 0.7 * ramp(TEETH_CM))
+        out = out.clone()
+        out[mouth] = colour
     covered = (region >= 0)[None].float()
     return pull_push(out, covered).clamp(0, 1)

@@ -15,7 +15,7 @@ from ...camera import Intrinsics
 from ...lighting import shading
 from ...render.colour import srgb_to_linear
 from ...render.forward import face_geometry, render_depth
-from .. import uvspace
+from .. import trust, uvspace
 from ..crop import Crop, make_crop
 from ..params import FitParams
 from ..texture import TextureModel
@@ -42,8 +42,10 @@ class FitOutput:
 
 def final_albedo(ctx, model, cfg, p: FitParams, texture: TextureModel, photo: np.ndarray,
                  K_full: Intrinsics, crop: Crop, outline: np.ndarray | None, device,
-                 exposure: float = 1.0) -> torch.Tensor:
-    """(1, T, T, 3) linear completed atlas at ``cfg.texture_res``."""
+                 exposure: float = 1.0, det68: np.ndarray | None = None) -> torch.Tensor:
+    """(1, T, T, 3) linear completed atlas at ``cfg.texture_res``. With ``det68`` (full-res
+    landmarks) and ``cfg.fine.trust`` the texture model gets the photo's trust per texel
+    (``trust.skin_trust`` on the full-resolution crop, unwrapped like the photo)."""
     ac = cfg.albedo
     T = cfg.texture_res
     uvr = uvspace.uv_raster(ctx, model, T)
@@ -61,7 +63,13 @@ def final_albedo(ctx, model, cfg, p: FitParams, texture: TextureModel, photo: np
     colour, conf = uvspace.unwrap(hi.image, hi.face_valid, depth, hi.K, pos, nrm, mask)
     conf = conf * uvspace.narrow_texels(uvr, model)
     delit = (srgb_to_linear(colour) / shading(nrm, p.sh).clamp_min(ac.shade_floor * exposure)).clamp(0, 1)
-    return texture.final_albedo(fitted, delit, conf, uvr, model, ac.conf_gain)
+    trust_uv = None
+    if det68 is not None and cfg.fine.trust and texture.uses_trust:
+        t_img = trust.skin_trust(hi.image, hi.to_crop(det68))
+        t_uv, _ = uvspace.unwrap(t_img[..., None].expand(-1, -1, -1, 3).contiguous(), hi.face_valid,
+                                 depth, hi.K, pos, nrm, mask)
+        trust_uv = t_uv[..., 0]
+    return texture.final_albedo(fitted, delit, conf, uvr, model, ac.conf_gain, trust=trust_uv, cfg=ac)
 
 
 def run(ctx, model, cfg, fine: FineResult, framed: Framed, photo: np.ndarray, K_full: Intrinsics,
@@ -69,7 +77,7 @@ def run(ctx, model, cfg, fine: FineResult, framed: Framed, photo: np.ndarray, K_
     crop = framed.crop
     with torch.no_grad():
         albedo = final_albedo(ctx, model, cfg, fine.params, fine.texture, photo, K_full, crop,
-                              framed.outline, device, exposure)
+                              framed.outline, device, exposure, det68)
     proj68_full = fine.proj68 * (crop.side / crop.res) + np.array([crop.x0, crop.y0])
     return FitOutput(fine.params, fine.texture, albedo, K_full, crop, det68, proj68_full, fine.losses,
                      fine.metrics, {})

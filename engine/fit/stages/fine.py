@@ -15,6 +15,7 @@ import torch
 from ...camera import project
 from ...render.forward import face_geometry, render_face
 from .. import losses as L
+from .. import trust as T
 from ..crop import Crop
 from ..hooks import Hooks, as_floats, record
 from ..params import FitParams
@@ -70,7 +71,11 @@ def projected68(model, proj: torch.Tensor, det: torch.Tensor, jaw_idx: torch.Ten
 
 
 def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed, recognizer,
-        hooks: Hooks, device) -> FineResult:
+        hooks: Hooks, device, trust_map: torch.Tensor | None = None) -> FineResult:
+    """``trust_map``: (1, H, W) the crop's fixed trust weight (``trust.skin_trust``) or None; the
+    pixel term's weight is it x the Geman-McClure weights of the residuals (re-estimated every
+    ``cfg.fine.robust_every`` steps). A latent texture model is first fitted alone with the
+    lighting (``cfg.fine.latent_first`` of the steps), then with the geometry (GANFit's schedule)."""
     crop, t, W, fc = framed.crop, framed.targets, cfg.weights, cfg.fine
     c = coarse.params
     fresh = lambda x: x.detach().clone().requires_grad_(x.requires_grad)  # noqa: E731
@@ -91,7 +96,17 @@ def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed,
     narrow_v = _narrow_vertices(model, device)
     pose = {"rot": fc.pose_rate_scale, "trans": fc.pose_rate_scale}
     names = ("rot", "trans", "shape", "sh", "expr") if cfg.fit_expression else ("rot", "trans", "shape", "sh")
-    opt = p.optimiser(cfg.rates, names, pose, extra=texture.param_groups(cfg.rates.texture))
+    tex_groups = texture.param_groups(getattr(cfg.rates, texture.rate))
+    geometry = [x for x in names if x != "sh"]
+    first = int(round(cfg.fine_steps * fc.latent_first)) if texture.latent_first else 0
+    if first > 0:  # the latent and the light alone; the geometry's gradients are not even computed
+        for name in geometry:
+            getattr(p, name).requires_grad_(False)
+        opt = p.optimiser(cfg.rates, ("sh",), pose, extra=tex_groups)
+    else:
+        opt = p.optimiser(cfg.rates, names, pose, extra=tex_groups)
+    fixed_trust = trust_map if trust_map is not None else torch.ones_like(crop.face_valid)
+    robust = torch.ones_like(fixed_trust)
     face_tex = ((start.uvr.tri_id >= 0) & (start.uvr.tri_id < model.fit_tri_count))[None].float()
     n = cfg.fine_steps
     preview_at = set()
@@ -103,10 +118,18 @@ def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed,
     weighted: dict[str, torch.Tensor] = {}
     for step in range(max(n, 1)):
         hooks.check_cancel()
+        if step == first and first > 0:
+            for name in geometry:
+                getattr(p, name).requires_grad_(True)
+            opt = p.optimiser(cfg.rates, names, pose, extra=tex_groups)
         sample = texture.sample()
         out = render_crop(ctx, model, cfg, p, sample.albedo, crop, narrow_v)
         img = out["image"]
-        raw = L.photo_terms(out["colour_srgb"], crop.image, out["weight"] * (out["mask"] * crop.face_valid))
+        face_w = out["weight"] * (out["mask"] * crop.face_valid)
+        if trust_map is not None and fc.robust_scale > 0 and step % fc.robust_every == 0:
+            resid = (out["colour_srgb"].detach() - crop.image).abs().mean(-1)
+            robust = T.geman_mcclure(resid, face_w.detach() * fixed_trust, fc.robust_scale)
+        raw = L.photo_terms(out["colour_srgb"], crop.image, face_w * fixed_trust * robust)
         raw.update(L.landmark_terms(out["proj"], t))
         if rec is not None:
             emb, feats = rec.embed(warp(img.permute(0, 3, 1, 2), M_align, S))
@@ -138,6 +161,9 @@ def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed,
         final = as_floats(weighted)
         final["pixel_l1"] = float(L.masked_l1(out["colour_srgb"], crop.image,
                                               out["weight"] * out["mask"] * crop.face_valid))
+        if trust_map is not None:
+            final["pixel_l1_trusted"] = float(L.masked_l1(out["colour_srgb"], crop.image,
+                                                          out["weight"] * out["mask"] * crop.face_valid * fixed_trust))
         proj68 = projected68(model, out["proj"][0], t.det[0], t.jaw_idx)
         err = np.linalg.norm(proj68 - t.det[0].cpu().numpy(), axis=1).mean() / t.iod
         metrics["landmark_error_iod"] = float(err)

@@ -29,9 +29,11 @@ class Unwrapped:
 
 
 def run(ctx, model, cfg, p: FitParams, crop: Crop,
-        texture_factory: Callable[[torch.Tensor], TextureModel], device, exposure: float = 1.0) -> Unwrapped:
+        texture_factory: Callable[[torch.Tensor], TextureModel], device, exposure: float = 1.0,
+        trust: torch.Tensor | None = None) -> Unwrapped:
     """``exposure``: the photo's exposure (``lighting.exposure_from_white_point``), carried by
-    the light."""
+    the light; ``trust``: (1, H, W) the crop's trust weight (``trust.py``), for the lighting fit
+    and the texture model's start."""
     uc = cfg.unwrap
     uvr = uvspace.uv_raster(ctx, model, min(cfg.texture_res, uc.max_res))
     with torch.no_grad():
@@ -42,6 +44,10 @@ def run(ctx, model, cfg, p: FitParams, crop: Crop,
         colour_lin = srgb_to_linear(colour)
         narrow = uvspace.narrow_texels(uvr, model)
         conf = conf * narrow
+        if trust is not None:
+            t_uv, _ = uvspace.unwrap(trust[..., None].expand(-1, -1, -1, 3).contiguous(), crop.face_valid,
+                                     depth, crop.K, pos, nrm, mask)
+            conf = conf * t_uv[..., 0]
         sh = solve_lighting(colour_lin, nrm, conf * narrow, uc.lighting)
         if exposure != 1.0:
             sh = sh * exposure
@@ -49,4 +55,5 @@ def run(ctx, model, cfg, p: FitParams, crop: Crop,
         base = uvspace.pull_push(base, (conf > uc.fill_min_conf).float() * conf.clamp(0, 1))
     texture = texture_factory(base.detach())
     texture.to(device)
+    texture.init_from(base.detach(), conf.detach())
     return Unwrapped(texture, sh, exposure, uvr)
