@@ -71,8 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recognizer", choices=("dlib", "arcface", "none"), default=default("recognizer", "dlib"),
                    help="face recogniser for the identity losses")
     p.add_argument("--recognizer-path", help="path to the recogniser weights (arcface .onnx)")
-    p.add_argument("--texture-model", default=default("texture_model", "texel"),
+    p.add_argument("--texture-model", default=default("texture_model", "default"),
                    help="as fit's --texture-model (default: the same as fit's)")
+    p.add_argument("--detail", action=argparse.BooleanOptionalAction, default=default("detail", None),
+                   help="a learned texture model's per-texel detail layer (as fit --detail)")
     p.add_argument("--landmarks", choices=("mediapipe", "fan"), default=default("landmarks", "mediapipe"))
     from ..cli import _focal_35mm  # the fit command's type: same range, same message
     p.add_argument("--focal-35mm", type=_focal_35mm,

@@ -39,7 +39,8 @@ class FitOptions:
     neutral: bool = False
     recognizer: str = "dlib"
     recognizer_path: str | None = None
-    texture_model: str | None = "texel"
+    texture_model: str | None = "default"
+    detail: bool | None = None
     landmarks: str = "mediapipe"
     focal_35mm: float | None = None
     max_steps: int | None = None
