@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..camera import DEFAULT_SUBJECT_DISTANCE_CM
 from ..lighting import LightFit
 
 
@@ -50,6 +51,16 @@ class Rates:
     expression: float = 0.02
     light: float = 0.01
     texture: float = 0.004       # linear albedo units per step, split over the pyramid levels
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """The camera when neither EXIF nor the user gives a focal length (``pipeline.prior_camera``)."""
+
+    # The assumed camera-to-face distance (cm); the focal length follows from the face's size in
+    # the photo, so that a crop or a rescale cannot change the perspective (camera.py
+    # DEFAULT_SUBJECT_DISTANCE_CM says why this value).
+    subject_distance_cm: float = DEFAULT_SUBJECT_DISTANCE_CM
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,7 @@ class FitConfig:
     rates: Rates = field(default_factory=Rates)
     coarse_rates: Rates = field(default_factory=lambda: Rates(rotation=0.02, translation=0.5,
                                                                   shape=0.1, expression=0.04))
+    camera: CameraConfig = field(default_factory=CameraConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
     unwrap: UnwrapConfig = field(default_factory=UnwrapConfig)

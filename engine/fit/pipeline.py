@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..camera import Intrinsics
+from ..camera import RIGID68, Intrinsics, focal_px_from_face
 from ..errors import MissingModelError
 from ..lighting import exposure_from_white_point
 from .config import FitConfig
@@ -47,6 +47,18 @@ def pick_device(name: str) -> torch.device:
                                     "--device cpu, or install a CUDA build of torch.")
         return torch.device("cuda")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prior_camera(model, det68: np.ndarray, width: int, height: int, distance_cm: float) -> Intrinsics:
+    """The camera of a photo with no known focal length: the focal length that shows the model's
+    mean face as large as the detected one (its nose and eyes, ``camera.RIGID68``) from
+    ``distance_cm`` (``config.CameraConfig``). A crop of the photo gets the same focal length in
+    pixels, so the same perspective; a rescaled photo gets it rescaled."""
+    idx = list(RIGID68)
+    pts3 = model.vertices_neutral[model.landmarks68[idx]].detach().cpu().numpy()
+    f = focal_px_from_face(pts3, np.asarray(det68, np.float64)[idx],
+                           distance_cm / (100.0 * model.metres_per_unit))
+    return Intrinsics.from_focal(f, width, height)
 
 
 @dataclass
@@ -98,11 +110,12 @@ def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dens
     return out
 
 
-def run(env: Env, photo: np.ndarray, K_full: Intrinsics, out_dir: Path, info: dict, *,
+def run(env: Env, photo: np.ndarray, K_full: Intrinsics | None, out_dir: Path, info: dict, *,
         landmarks: str = "mediapipe", face_index: int = 0, photo_path: Path | None = None,
         report: bool = False, hooks: Hooks | None = None) -> tuple[FitOutput, dict]:
     """All six steps: detect the face in ``photo``, fit it and write the result files into
-    ``out_dir``. Returns the fit and the result.json dict (``info`` + what the steps add)."""
+    ``out_dir``. ``K_full`` None: the focal length is unknown and comes from the face's size
+    (``prior_camera``). Returns the fit and the result.json dict (``info`` + what the steps add)."""
     hooks = hooks or Hooks()
     t = time.perf_counter()
     hooks.stage("detect")
@@ -112,6 +125,9 @@ def run(env: Env, photo: np.ndarray, K_full: Intrinsics, out_dir: Path, info: di
         hooks.warn(w)
     hooks.check_cancel()
 
+    if K_full is None:
+        K_full = prior_camera(env.model, face.det68, photo.shape[1], photo.shape[0],
+                              env.cfg.camera.subject_distance_cm)
     out = fit(env, photo, K_full, face.det68, face.dense, face.expr_init, hooks)
     out.timings = {"detect": detect_s, **out.timings}
     hooks.check_cancel()

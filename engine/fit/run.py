@@ -240,7 +240,7 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     import torch
 
     from .. import render
-    from ..camera import DEFAULT_FOCAL_35MM, Intrinsics, focal_px_from_35mm
+    from ..camera import Intrinsics, focal_px_from_35mm
     from ..io.image import load_photo, read_exif_focal_35mm
     from ..models.facemodel import load_face_model
     from . import pipeline
@@ -265,13 +265,16 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     run.check_cancel()
     H, W = photo.shape[:2]
     f35 = args.focal_35mm or read_exif_focal_35mm(photo_path)
-    focal_source = "user" if args.focal_35mm else ("exif" if f35 else "default")
-    if focal_source == "default":
-        run.warn(f"The photo records no focal length; assumed {DEFAULT_FOCAL_35MM:g} mm (35 mm "
-                 "equivalent) for the camera. Pass --focal-35mm if you know it.")
-    K_full = Intrinsics.from_focal(focal_px_from_35mm(f35 or DEFAULT_FOCAL_35MM, W, H), W, H)
+    focal_source = "user" if args.focal_35mm else ("exif" if f35 else "prior")
     cfg = get_config(args.preset, seed=args.seed, texture_res=args.texture_res,
                      fit_expression=not args.neutral).capped(args.max_steps)
+    # No focal length known: the pipeline takes it from the face's size in the photo and an assumed
+    # camera-to-face distance (pipeline.prior_camera), which no crop of the photo changes.
+    K_full = Intrinsics.from_focal(focal_px_from_35mm(f35, W, H), W, H) if f35 else None
+    if K_full is None:
+        run.warn(f"The photo records no focal length; assumed the camera was about "
+                 f"{cfg.camera.subject_distance_cm / 100:g} m from the face. Pass --focal-35mm if you "
+                 "know the lens (35 mm equivalent, for this image's frame).")
     if args.recognizer == "none":
         from dataclasses import replace
         cfg = replace(cfg, identity=False)
