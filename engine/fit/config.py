@@ -64,6 +64,20 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class UnseenConfig:
+    """The parts of the head a photo does not show (``fit/unseen.py``): after the fine stage the
+    identity is replaced by the model's most likely identity given the fitted shape of the seen
+    face (its Gaussian conditional mean), so the skull, ears and neck follow the model's statistics
+    instead of whatever the photo terms pushed them to."""
+
+    enabled: bool = True
+    # The seen face is taken as known to this many cm (rms per vertex coordinate, as if errors were
+    # independent): the smaller, the closer the completed face stays to the fitted one, the larger,
+    # the more of the identity that the face determines only weakly is returned to the mean.
+    face_sigma_cm: float = 0.3
+
+
+@dataclass(frozen=True)
 class CropConfig:
     """The square crop the coarse and fine stages see (detect stage)."""
 
@@ -138,6 +152,7 @@ class FitConfig:
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
     unwrap: UnwrapConfig = field(default_factory=UnwrapConfig)
     fine: FineConfig = field(default_factory=FineConfig)
+    unseen: UnseenConfig = field(default_factory=UnseenConfig)
     albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
     preview_count: int = 4         # previews per run with --json-progress
     seed: int = 0
