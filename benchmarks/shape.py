@@ -9,7 +9,7 @@ distance in millimetres, over two regions:
 * ``head``: the whole head (face, ears, skull and neck; not the eyeballs or sockets).
 
 (a) ``reframe``: every photo of ``../shared/photos`` is fitted as it is and in several framings
-(tight, loose and off-centre crops, and the whole photo at 2/3 resolution); each
+(a tight, a medium and an off-centre crop, and the whole photo at 2/3 resolution); each
 framing's shape is compared with the full photo's. Every variant is written as a PNG (no EXIF), so
 all of them get the engine's focal-length default: exactly the case where the framing used to
 change the lens. Also reported: the fit's own landmark error (``landmark_error_iod``).
@@ -44,14 +44,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MM_PER_CM = 10.0
 # The framings of (a): (name, crop side / face-box side or None for the whole photo,
-# face-centre offset in face-box sides (x, y), resolution factor).
+# face-centre offset in face-box sides (x, y), resolution factor). Portraits are often framed
+# about this tight already, so the crops stay well inside most photos (a crop that reaches past
+# the photo is clipped to it).
 FRAMINGS = (
-    ("tight", 1.6, (0.0, 0.0), 1.0),
-    ("loose", 3.2, (0.0, 0.0), 1.0),
-    ("offcentre", 2.6, (0.55, 0.35), 1.0),
+    ("tight1.5", 1.5, (0.0, 0.0), 1.0),
+    ("mid2.2", 2.2, (0.0, 0.0), 1.0),
+    ("off2.2", 2.2, (0.35, 0.25), 1.0),
     ("full_2of3", None, (0.0, 0.0), 2 / 3),
 )
-
 
 # ------------------------------------------------------------------------------ fitting
 def fit(photo: Path, out: Path, a: argparse.Namespace) -> dict | None:
@@ -59,12 +60,15 @@ def fit(photo: Path, out: Path, a: argparse.Namespace) -> dict | None:
     res = out / "result.json"
     if res.is_file():
         return json.loads(res.read_text())
+    if a.cached_only:
+        return None
     out.parent.mkdir(parents=True, exist_ok=True)
+    root = a.engine_root
     cmd = [sys.executable, "-m", "engine", "fit", str(photo), "-o", str(out), "--preset", a.preset,
            "--threads", str(a.threads), "--texture-res", "256", *a.engine_args]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root)})
     if p.returncode != 0:
         print(f"  fit failed ({p.returncode}): {photo.name}: {p.stderr.strip().splitlines()[-1:]}",
               file=sys.stderr)
@@ -82,9 +86,14 @@ def fit_all(jobs: list[tuple[Path, Path]], a: argparse.Namespace) -> list[dict |
 class Shapes:
     """Identity meshes from shape coefficients, and their similarity-aligned distances."""
 
-    def __init__(self):
+    def __init__(self, posthoc_sigma: float | None = None):
         sys.path.insert(0, str(ROOT))
         from engine.models.facemodel import ASSET
+        self.complete = None
+        if posthoc_sigma:  # the engine's completion of the unseen head, on already-fitted shapes
+            from engine.fit.unseen import completion_map
+            from engine.models.facemodel import load_face_model
+            self.complete = completion_map(load_face_model(), posthoc_sigma).double().numpy()
         with np.load(ASSET) as z:
             names = [str(n) for n in z["region_names"]]
             region = z["vertex_region"]
@@ -96,6 +105,8 @@ class Shapes:
 
     def mesh(self, shape) -> np.ndarray:
         s = np.asarray(shape, np.float64)
+        if self.complete is not None:
+            s = self.complete[: len(s), : len(s)] @ s
         return self.mean + np.einsum("k,kvc->vc", s, self.basis[: len(s)])
 
     def distance(self, a: np.ndarray, b: np.ndarray, region: str) -> float:
@@ -310,6 +321,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="fits at once (default 1)")
     ap.add_argument("--pairs", type=int, help="only the first N London people (default all)")
     ap.add_argument("--photos", help="comma-separated name fragments: only these photos of (a)")
+    ap.add_argument("--engine-root", type=Path, default=ROOT,
+                    help="the engine source tree to fit with (default this one): e.g. an export of "
+                         "the commit before a change, into its own --work")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="fit nothing: use the fits already in WORK (the others count as failed)")
+    ap.add_argument("--posthoc-sigma", type=float,
+                    help="complete the unseen head of the cached shapes (engine/fit/unseen.py) with "
+                         "this face sigma (cm) before comparing: tries a sigma without refitting")
     ap.add_argument("--json", type=Path, help="where to write the JSON (default WORK/shape.json)")
     ap.add_argument("engine_args", nargs="*", help="after --: more `engine fit` arguments")
     a = ap.parse_args(argv)
@@ -317,8 +336,11 @@ def main(argv: list[str]) -> int:
     if not (SHARED / "photos").is_dir():
         print(f"error: the shared data is not at {SHARED} (photos/, faces/london-canada/)", file=sys.stderr)
         return 2
-    shapes = Shapes()
-    out = {"preset": a.preset, "engine_args": a.engine_args, "work": str(a.work)}
+    shapes = Shapes(a.posthoc_sigma)
+    a.engine_root = a.engine_root.expanduser().absolute()
+    out = {"preset": a.preset, "engine_args": a.engine_args, "work": str(a.work),
+           "engine_root": str(a.engine_root),
+           "posthoc_sigma": a.posthoc_sigma}
     if a.part in ("reframe", "all"):
         out["reframe"] = reframe(a, shapes)
     if a.part in ("pairs", "all"):
