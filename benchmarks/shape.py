@@ -24,6 +24,13 @@ Fits run as ``python -m engine fit`` in fresh processes, each into its own resul
 ``DIR/fits`` (variants under ``DIR/images``); a folder with a result.json is reused, so a rerun only
 fits what is missing and two work folders (before/after a change) can be compared. The command
 prints a table and writes ``DIR/shape.json`` (or ``--json``).
+
+Arguments after ``--`` go to every ``engine fit``: e.g. whether the identity terms move the shape
+towards the person (issue 14 item 3) is the same run into a second work folder with
+``-- --recognizer none``, or with ``-- --texture-model MODEL.pt`` for a learned texture.
+
+    python benchmarks/shape.py --work /tmp/shape-now --preset fast --part reframe
+    python benchmarks/shape.py --work /tmp/shape-old --engine-root /tmp/old-tree   # another commit
 """
 
 from __future__ import annotations
