@@ -41,6 +41,10 @@ class Weights:
     # at 1 (as the least-squares start has it), so that the albedo keeps the skin's colour. 0.1:
     # strong enough that the level drifts < 2% over a fit, weak next to the pixel term.
     light_level: float = 0.1
+    # Coarse stage, focal length unknown: (log(distance / assumed distance) / distance_log_sigma)^2,
+    # the prior on the camera-to-face distance (``CameraConfig``). As strong as the shape prior on
+    # one coefficient (2e-3 x 1/100): the landmarks move it only where the perspective shows.
+    distance_prior: float = 2e-5
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,13 @@ class CameraConfig:
     # the photo, so that a crop or a rescale cannot change the perspective (camera.py
     # DEFAULT_SUBJECT_DISTANCE_CM says why this value).
     subject_distance_cm: float = DEFAULT_SUBJECT_DISTANCE_CM
+    # The coarse stage then refines the distance from the landmarks' perspective (a near camera
+    # shows the nose larger than the cheeks), focal length and distance scaled together so that the
+    # face keeps its size in the photo, under a log-normal prior: this many e-folds is one standard
+    # deviation (0.5: 95% of distances within 0.37-2.7 x the assumed one).
+    fit_distance: bool = True
+    distance_log_sigma: float = 0.5
+    distance_rate: float = 0.02    # Adam step on log(distance)
 
 
 @dataclass(frozen=True)

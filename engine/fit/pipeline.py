@@ -14,7 +14,7 @@ is converted back to sRGB before it is compared with the photo. The albedo PNG i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -74,9 +74,11 @@ class Env:
 
 
 def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dense: np.ndarray | None = None,
-        expr_init: dict[str, float] | None = None, hooks: Hooks | None = None) -> FitOutput:
+        expr_init: dict[str, float] | None = None, hooks: Hooks | None = None,
+        focal_known: bool = True) -> FitOutput:
     """Steps 2-5 on a detected face: ``det68`` (68, 2) iBUG and ``dense`` (mediapipe478, or None)
-    landmarks in full-resolution photo pixels."""
+    landmarks in full-resolution photo pixels. ``focal_known`` False: ``K_full``'s focal length is
+    the prior's guess, and the coarse stage refines it (``CameraConfig.fit_distance``)."""
     hooks = hooks or Hooks()
     m, cfg, dev = env.model, env.cfg, env.device
     torch.manual_seed(cfg.seed)
@@ -85,7 +87,13 @@ def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dens
     t = time.perf_counter()
     hooks.stage("coarse")
     framed = detect.frame(photo, det68, dense, K_full, m, cfg, dev)
-    rough = coarse.run(m, cfg, framed, expr_init, hooks, dev)
+    rough = coarse.run(m, cfg, framed, expr_init, hooks, dev,
+                       fit_perspective=not focal_known and cfg.camera.fit_distance)
+    if rough.focal_scale != 1.0:
+        k = rough.focal_scale
+        K_full = Intrinsics(K_full.fx * k, K_full.fy * k, K_full.cx, K_full.cy, K_full.width, K_full.height)
+        Kc = framed.crop.K
+        framed.crop = replace(framed.crop, K=Intrinsics(Kc.fx * k, Kc.fy * k, Kc.cx, Kc.cy, Kc.width, Kc.height))
     timings["coarse"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -125,10 +133,11 @@ def run(env: Env, photo: np.ndarray, K_full: Intrinsics | None, out_dir: Path, i
         hooks.warn(w)
     hooks.check_cancel()
 
-    if K_full is None:
+    focal_known = K_full is not None
+    if not focal_known:
         K_full = prior_camera(env.model, face.det68, photo.shape[1], photo.shape[0],
                               env.cfg.camera.subject_distance_cm)
-    out = fit(env, photo, K_full, face.det68, face.dense, face.expr_init, hooks)
+    out = fit(env, photo, K_full, face.det68, face.dense, face.expr_init, hooks, focal_known)
     out.timings = {"detect": detect_s, **out.timings}
     hooks.check_cancel()
 
