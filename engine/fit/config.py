@@ -58,6 +58,20 @@ class Rates:
 
 
 @dataclass(frozen=True)
+class DetectConfig:
+    """Re-detection on a canonical crop (``stages/detect.redetect``). The landmarker finds the face
+    on the whole photo first and then places its landmarks inside a box of its own, so the same face
+    framed differently gets slightly different landmarks (1% of the eye distance between a tight
+    crop and the whole photo), and the shape follows them. Detecting again on a square around the
+    first landmarks, ``scale`` x their box and resampled to ``res`` pixels, shows the landmarker the
+    same picture whatever the framing; ``passes`` such rounds (2: a further 2x steadier than 1)."""
+
+    passes: int = 2
+    scale: float = 1.5             # fits inside even a tight portrait crop
+    res: int = 512
+
+
+@dataclass(frozen=True)
 class CameraConfig:
     """The camera when neither EXIF nor the user gives a focal length (``pipeline.prior_camera``)."""
 
@@ -158,6 +172,7 @@ class FitConfig:
     rates: Rates = field(default_factory=Rates)
     coarse_rates: Rates = field(default_factory=lambda: Rates(rotation=0.02, translation=0.5,
                                                                   shape=0.1, expression=0.04))
+    detect: DetectConfig = field(default_factory=DetectConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     coarse: CoarseConfig = field(default_factory=CoarseConfig)

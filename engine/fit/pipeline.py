@@ -127,7 +127,7 @@ def run(env: Env, photo: np.ndarray, K_full: Intrinsics | None, out_dir: Path, i
     hooks = hooks or Hooks()
     t = time.perf_counter()
     hooks.stage("detect")
-    face: Detection = detect.detect(photo, landmarks, str(env.device), face_index, photo_path)
+    face: Detection = detect.detect(photo, landmarks, str(env.device), face_index, photo_path, env.cfg.detect)
     detect_s = time.perf_counter() - t
     for w in face.warnings:
         hooks.warn(w)
