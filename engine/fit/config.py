@@ -96,10 +96,14 @@ class UnseenConfig:
     instead of whatever the photo terms pushed them to."""
 
     enabled: bool = True
-    # The seen face is taken as known to this many cm (rms per vertex coordinate, as if errors were
-    # independent): the smaller, the closer the completed face stays to the fitted one, the larger,
-    # the more of the identity that the face determines only weakly is returned to the mean.
-    face_sigma_cm: float = 0.3
+    # The seen face is taken as known to this many cm per vertex coordinate, as if the errors were
+    # independent: the smaller, the closer the completed face stays to the fitted one, the larger,
+    # the more of the identity that the face determines only weakly returns to the mean. 0.8: a
+    # monocular fit's face is good to ~1.5-2 mm per vertex, but its errors are correlated - the photo
+    # gives ~900 landmark coordinates, not the ~20,000 vertex coordinates - so that independent
+    # errors would overstate what is known by sqrt(20000 / 900) ~ 4.7. On the benchmark's fits
+    # (benchmarks/shape.py) it moves the seen face by ~0.05 mm and the skull and neck by ~0.3 mm.
+    face_sigma_cm: float = 0.8
 
 
 @dataclass(frozen=True)
