@@ -79,11 +79,15 @@ class CameraConfig:
     # the photo, so that a crop or a rescale cannot change the perspective (camera.py
     # DEFAULT_SUBJECT_DISTANCE_CM says why this value).
     subject_distance_cm: float = DEFAULT_SUBJECT_DISTANCE_CM
-    # The coarse stage then refines the distance from the landmarks' perspective (a near camera
-    # shows the nose larger than the cheeks), focal length and distance scaled together so that the
-    # face keeps its size in the photo, under a log-normal prior: this many e-folds is one standard
-    # deviation (0.5: 95% of distances within 0.37-2.7 x the assumed one).
-    fit_distance: bool = True
+    # ``fit_distance``: the coarse stage also refines the distance from the landmarks' perspective
+    # (a near camera shows the nose larger than the cheeks), focal length and distance scaled
+    # together so that the face keeps its size in the photo, under a log-normal prior: this many
+    # e-folds is one standard deviation (0.5: 95% of distances within 0.37-2.7 x the assumed one).
+    # Off by default: it finds a 35 cm selfie's distance on synthetic landmarks
+    # (tests/engine/test_focal_prior.py), but on real portraits the landmarks constrain it so weakly
+    # that two framings with the same landmarks ended 7% apart in focal length, which moved the
+    # shape more than the fixed prior does (benchmarks/shape.py, fast preset).
+    fit_distance: bool = False
     distance_log_sigma: float = 0.5
     distance_rate: float = 0.02    # Adam step on log(distance)
 
