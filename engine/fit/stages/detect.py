@@ -43,12 +43,12 @@ class Framed:
     outline: np.ndarray | None           # the detector's face outline, full-res pixels (or None)
 
 
-def redetect(photo: np.ndarray, face, backend: str, device: str, cfg=None):
+def redetect(photo: np.ndarray, face, find, cfg=None):
     """The face detected again on canonical crops around its landmarks (``config.DetectConfig``),
-    its points mapped back to photo pixels; the first detection where a pass finds nothing."""
+    its points mapped back to photo pixels; the first detection where a pass finds nothing.
+    ``find(image) -> list[Face]`` is the detector."""
     from PIL import Image
 
-    from ...perception.landmarks import detect_faces
     from ..config import DetectConfig
     cfg = cfg or DetectConfig()
     img = Image.fromarray(photo)
@@ -64,7 +64,7 @@ def redetect(photo: np.ndarray, face, backend: str, device: str, cfg=None):
         crop = src.transform((cfg.res, cfg.res), Image.Transform.EXTENT,
                              (left / k, top / k, (left + side) / k, (top + side) / k),
                              resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
-        found = detect_faces(np.asarray(crop), backend=backend, device=device)
+        found = find(np.asarray(crop))
         if not found:
             return face
         c = cfg.res / 2
@@ -82,9 +82,15 @@ def detect(photo: np.ndarray, backend: str, device: str, face_index: int = 0,
            path: str | Path | None = None, cfg=None) -> Detection:
     """Run the landmark detector, pick face ``face_index`` (0 = the largest) and detect it again
     on canonical crops (``redetect``; ``cfg``: ``config.DetectConfig``)."""
-    from ...perception.landmarks import blendshapes_to_ict, detect_faces, select_face
-    faces = detect_faces(photo, backend=backend, device=device)
-    face = redetect(photo, select_face(faces, face_index, path=path), backend, device, cfg)
+    from ...perception.landmarks import MediaPipeFaceLandmarker, blendshapes_to_ict, detect_faces, select_face
+    if backend == "mediapipe":  # one landmarker for every pass (creating one costs more than a pass)
+        with MediaPipeFaceLandmarker() as lm:
+            faces = lm.detect(photo)
+            face = redetect(photo, select_face(faces, face_index, path=path), lm.detect, cfg)
+    else:
+        faces = detect_faces(photo, backend=backend, device=device)
+        face = redetect(photo, select_face(faces, face_index, path=path),
+                        lambda img: detect_faces(img, backend=backend, device=device), cfg)
     dense = face.landmarks.astype(np.float64) if face.scheme == "mediapipe478" else None
     box = [float(x) for x in face.box]
     warnings = []
