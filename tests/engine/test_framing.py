@@ -30,12 +30,13 @@ def test_redetection_makes_the_landmarks_independent_of_the_crop():
     from engine.fit.stages.detect import detect
     from engine.io.image import load_photo
     photo = load_photo(need_photo())
-    full = detect(photo, "mediapipe", "cpu")
+    on = replace(DetectConfig(), passes=2)
+    full = detect(photo, "mediapipe", "cpu", cfg=on)
     x0, y0, x1, y1 = full.box
     side = 1.5 * max(x1 - x0, y1 - y0)                       # a tight crop, as a user might make
     left, top = int((x0 + x1 - side) / 2), int((y0 + y1 - side) / 2)
     crop = np.ascontiguousarray(photo[top: top + int(side), left: left + int(side)])
-    tight = detect(crop, "mediapipe", "cpu")
+    tight = detect(crop, "mediapipe", "cpu", cfg=on)
     once = detect(crop, "mediapipe", "cpu", cfg=replace(DetectConfig(), passes=0))
     full0 = detect(photo, "mediapipe", "cpu", cfg=replace(DetectConfig(), passes=0))
     off = np.array([left, top])
