@@ -26,14 +26,52 @@ import torch
 
 # 35 mm full frame diagonal (mm). FocalLengthIn35mmFilm is defined against it.
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
-# With no EXIF, assume a 50 mm-equivalent lens: between phone wide cameras (~26 mm, usually cropped
-# for portraits) and portrait lenses (85 mm). The fit is not very sensitive to it at face distances.
+# A 50 mm-equivalent lens: between phone wide cameras (~26 mm, usually cropped for portraits) and
+# portrait lenses (85 mm). The texture dataset builder still uses it for photos without EXIF; the fit
+# itself no longer does (see ``DEFAULT_SUBJECT_DISTANCE_CM``): a lens relative to the image frame
+# changes whenever the photo is cropped, and the shape absorbs the changed perspective.
 DEFAULT_FOCAL_35MM = 50.0
+# With neither EXIF nor a focal length from the user, the fit assumes the camera stands this far from
+# the face (cm) and takes the focal length that makes the face as large as it appears in the photo
+# (``focal_px_from_face``). The perspective then depends only on this distance, which cropping or
+# rescaling the photo cannot change. 1 m: between a selfie at arm's length (~40 cm) and a portrait
+# lens at 2-3 m, the middle of that range on a log scale; the perspective of a face changes little
+# beyond it (the face's 10 cm of depth is then a few per cent of the distance).
+DEFAULT_SUBJECT_DISTANCE_CM = 100.0
+# iBUG-68 points that a smile, a blink or an open mouth barely move: the nose (27-35) and the eye
+# corners and lids (36-47). The face's apparent size is measured on them.
+RIGID68 = tuple(range(27, 48))
 
 
 def focal_px_from_35mm(f35: float, width: int, height: int) -> float:
     """Focal length in pixels from a 35 mm-equivalent focal length (diagonal definition)."""
     return float(f35) * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
+
+
+def weak_perspective_scale(pts3d: np.ndarray, pts2d: np.ndarray) -> float:
+    """Pixels per model unit of a face seen in scaled orthography: the least-squares 2x3 map from
+    the centred 3D points (N, 3) to the centred image points (N, 2); its two rows are the scale times
+    the first two rows of the rotation, so the mean of their lengths is the scale whatever the pose."""
+    P = np.asarray(pts3d, np.float64)
+    q = np.asarray(pts2d, np.float64)
+    P = P - P.mean(0)
+    q = q - q.mean(0)
+    A, *_ = np.linalg.lstsq(P, q, rcond=None)  # (3, 2): q ~ P @ A
+    return float((np.linalg.norm(A[:, 0]) + np.linalg.norm(A[:, 1])) / 2)
+
+
+def focal_px_from_face(pts3d: np.ndarray, pts2d: np.ndarray,
+                       distance: float = DEFAULT_SUBJECT_DISTANCE_CM) -> float:
+    """Focal length (pixels) that shows a face of the model's size (``pts3d``, model units) as
+    large as it appears in the photo (``pts2d``, pixels) from ``distance`` (model units): a
+    pinhole shows a length L at distance D as f L / D pixels, so f = D x (pixels per unit).
+    Cropping the photo leaves it unchanged; rescaling the photo rescales it with the photo."""
+    if not (np.isfinite(distance) and distance > 0):
+        raise ValueError(f"the subject distance must be a positive number, got {distance!r}")
+    s = weak_perspective_scale(pts3d, pts2d)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError("the landmarks are degenerate (all on one point or one line): no face size")
+    return float(distance * s)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..camera import DEFAULT_SUBJECT_DISTANCE_CM
 from ..lighting import LightFit
 
 
@@ -43,6 +44,10 @@ class Weights:
     # at 1 (as the least-squares start has it), so that the albedo keeps the skin's colour. 0.1:
     # strong enough that the level drifts < 2% over a fit, weak next to the pixel term.
     light_level: float = 0.1
+    # Coarse stage, focal length unknown: (log(distance / assumed distance) / distance_log_sigma)^2,
+    # the prior on the camera-to-face distance (``CameraConfig``). As strong as the shape prior on
+    # one coefficient (2e-3 x 1/100): the landmarks move it only where the perspective shows.
+    distance_prior: float = 2e-5
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,64 @@ class Rates:
     light: float = 0.01
     texture: float = 0.004       # linear albedo units per step, split over the pyramid levels
     latent: float = 0.05         # a generator's latent (unit Gaussian prior) per step
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Re-detection on a canonical crop (``stages/detect.redetect``). The landmarker finds the face
+    on the whole photo first and then places its landmarks inside a box of its own, so the same face
+    framed differently gets slightly different landmarks (1% of the eye distance between a tight
+    crop and the whole photo), and the shape follows them. Detecting again on a square around the
+    first landmarks, ``scale`` x their box and resampled to ``res`` pixels, shows the landmarker the
+    same picture whatever the framing; ``passes`` such rounds (2: a further 2x steadier than 1).
+    Off (0) for now: with the re-detected landmarks of codait_luciano the fast fine stage's first
+    steps overshoot and a 12-step fit ends above its start (tests/engine/test_pipeline.py
+    test_short_fit_lowers_the_total_loss); with 2 passes the re-framing benchmark's median shape
+    movement fell from 0.26 to 0.18 mm (benchmarks/shape.py, fast). Turn on once the fine stage's
+    schedule takes it."""
+
+    passes: int = 0
+    scale: float = 1.5             # fits inside even a tight portrait crop
+    res: int = 512
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """The camera when neither EXIF nor the user gives a focal length (``pipeline.prior_camera``)."""
+
+    # The assumed camera-to-face distance (cm); the focal length follows from the face's size in
+    # the photo, so that a crop or a rescale cannot change the perspective (camera.py
+    # DEFAULT_SUBJECT_DISTANCE_CM says why this value).
+    subject_distance_cm: float = DEFAULT_SUBJECT_DISTANCE_CM
+    # ``fit_distance``: the coarse stage also refines the distance from the landmarks' perspective
+    # (a near camera shows the nose larger than the cheeks), focal length and distance scaled
+    # together so that the face keeps its size in the photo, under a log-normal prior: this many
+    # e-folds is one standard deviation (0.5: 95% of distances within 0.37-2.7 x the assumed one).
+    # Off by default: it finds a 35 cm selfie's distance on synthetic landmarks
+    # (tests/engine/test_focal_prior.py), but on real portraits the landmarks constrain it so weakly
+    # that two framings with the same landmarks ended 7% apart in focal length, which moved the
+    # shape more than the fixed prior does (benchmarks/shape.py, fast preset).
+    fit_distance: bool = False
+    distance_log_sigma: float = 0.5
+    distance_rate: float = 0.02    # Adam step on log(distance)
+
+
+@dataclass(frozen=True)
+class UnseenConfig:
+    """The parts of the head a photo does not show (``fit/unseen.py``): after the fine stage the
+    identity is replaced by the model's most likely identity given the fitted shape of the seen
+    face (its Gaussian conditional mean), so the skull, ears and neck follow the model's statistics
+    instead of whatever the photo terms pushed them to."""
+
+    enabled: bool = True
+    # The seen face is taken as known to this many cm per vertex coordinate, as if the errors were
+    # independent: the smaller, the closer the completed face stays to the fitted one, the larger,
+    # the more of the identity that the face determines only weakly returns to the mean. 0.8: a
+    # monocular fit's face is good to ~1.5-2 mm per vertex, but its errors are correlated - the photo
+    # gives ~900 landmark coordinates, not the ~20,000 vertex coordinates - so that independent
+    # errors would overstate what is known by sqrt(20000 / 900) ~ 4.7. On the benchmark's fits
+    # (benchmarks/shape.py) it moves the seen face by ~0.05 mm and the skull and neck by ~0.3 mm.
+    face_sigma_cm: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -146,10 +209,13 @@ class FitConfig:
     rates: Rates = field(default_factory=Rates)
     coarse_rates: Rates = field(default_factory=lambda: Rates(rotation=0.02, translation=0.5,
                                                                   shape=0.1, expression=0.04))
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
     unwrap: UnwrapConfig = field(default_factory=UnwrapConfig)
     fine: FineConfig = field(default_factory=FineConfig)
+    unseen: UnseenConfig = field(default_factory=UnseenConfig)
     albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
     preview_count: int = 4         # previews per run with --json-progress
     seed: int = 0

@@ -14,14 +14,14 @@ is converted back to sRGB before it is compared with the photo. The albedo PNG i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..camera import Intrinsics
+from ..camera import RIGID68, Intrinsics, focal_px_from_face
 from ..errors import MissingModelError
 from ..lighting import exposure_from_white_point
 from .config import FitConfig
@@ -50,6 +50,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def prior_camera(model, det68: np.ndarray, width: int, height: int, distance_cm: float) -> Intrinsics:
+    """The camera of a photo with no known focal length: the focal length that shows the model's
+    mean face as large as the detected one (its nose and eyes, ``camera.RIGID68``) from
+    ``distance_cm`` (``config.CameraConfig``). A crop of the photo gets the same focal length in
+    pixels, so the same perspective; a rescaled photo gets it rescaled."""
+    idx = list(RIGID68)
+    pts3 = model.vertices_neutral[model.landmarks68[idx]].detach().cpu().numpy()
+    f = focal_px_from_face(pts3, np.asarray(det68, np.float64)[idx],
+                           distance_cm / (100.0 * model.metres_per_unit))
+    return Intrinsics.from_focal(f, width, height)
+
+
 @dataclass
 class Env:
     """What every stage uses, loaded once per run."""
@@ -63,9 +75,11 @@ class Env:
 
 
 def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dense: np.ndarray | None = None,
-        expr_init: dict[str, float] | None = None, hooks: Hooks | None = None) -> FitOutput:
+        expr_init: dict[str, float] | None = None, hooks: Hooks | None = None,
+        focal_known: bool = True) -> FitOutput:
     """Steps 2-5 on a detected face: ``det68`` (68, 2) iBUG and ``dense`` (mediapipe478, or None)
-    landmarks in full-resolution photo pixels."""
+    landmarks in full-resolution photo pixels. ``focal_known`` False: ``K_full``'s focal length is
+    the prior's guess, and the coarse stage refines it (``CameraConfig.fit_distance``)."""
     hooks = hooks or Hooks()
     m, cfg, dev = env.model, env.cfg, env.device
     torch.manual_seed(cfg.seed)
@@ -78,7 +92,13 @@ def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dens
     if cfg.fine.trust:
         trust_map = trust.skin_trust(framed.crop.image, framed.targets.det[0].cpu().numpy())
         trust.weigh_outline(framed.targets, trust_map)
-    rough = coarse.run(m, cfg, framed, expr_init, hooks, dev)
+    rough = coarse.run(m, cfg, framed, expr_init, hooks, dev,
+                       fit_perspective=not focal_known and cfg.camera.fit_distance)
+    if rough.focal_scale != 1.0:
+        k = rough.focal_scale
+        K_full = Intrinsics(K_full.fx * k, K_full.fy * k, K_full.cx, K_full.cy, K_full.width, K_full.height)
+        Kc = framed.crop.K
+        framed.crop = replace(framed.crop, K=Intrinsics(Kc.fx * k, Kc.fy * k, Kc.cx, Kc.cy, Kc.width, Kc.height))
     timings["coarse"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -104,21 +124,26 @@ def fit(env: Env, photo: np.ndarray, K_full: Intrinsics, det68: np.ndarray, dens
     return out
 
 
-def run(env: Env, photo: np.ndarray, K_full: Intrinsics, out_dir: Path, info: dict, *,
+def run(env: Env, photo: np.ndarray, K_full: Intrinsics | None, out_dir: Path, info: dict, *,
         landmarks: str = "mediapipe", face_index: int = 0, photo_path: Path | None = None,
         report: bool = False, hooks: Hooks | None = None) -> tuple[FitOutput, dict]:
     """All six steps: detect the face in ``photo``, fit it and write the result files into
-    ``out_dir``. Returns the fit and the result.json dict (``info`` + what the steps add)."""
+    ``out_dir``. ``K_full`` None: the focal length is unknown and comes from the face's size
+    (``prior_camera``). Returns the fit and the result.json dict (``info`` + what the steps add)."""
     hooks = hooks or Hooks()
     t = time.perf_counter()
     hooks.stage("detect")
-    face: Detection = detect.detect(photo, landmarks, str(env.device), face_index, photo_path)
+    face: Detection = detect.detect(photo, landmarks, str(env.device), face_index, photo_path, env.cfg.detect)
     detect_s = time.perf_counter() - t
     for w in face.warnings:
         hooks.warn(w)
     hooks.check_cancel()
 
-    out = fit(env, photo, K_full, face.det68, face.dense, face.expr_init, hooks)
+    focal_known = K_full is not None
+    if not focal_known:
+        K_full = prior_camera(env.model, face.det68, photo.shape[1], photo.shape[0],
+                              env.cfg.camera.subject_distance_cm)
+    out = fit(env, photo, K_full, face.det68, face.dense, face.expr_init, hooks, focal_known)
     out.timings = {"detect": detect_s, **out.timings}
     hooks.check_cancel()
 

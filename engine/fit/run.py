@@ -240,8 +240,7 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     import torch
 
     from .. import render
-    from ..camera import DEFAULT_FOCAL_35MM, Intrinsics, focal_px_from_35mm
-    from ..io.image import load_photo, read_exif_focal_35mm
+    from ..io.image import load_photo
     from ..models.facemodel import load_face_model
     from . import pipeline
     from .config import get_config
@@ -264,17 +263,12 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     photo = load_photo(photo_path)
     run.check_cancel()
     H, W = photo.shape[:2]
-    f35 = args.focal_35mm or read_exif_focal_35mm(photo_path)
-    focal_source = "user" if args.focal_35mm else ("exif" if f35 else "default")
-    if focal_source == "default":
-        run.warn(f"The photo records no focal length; assumed {DEFAULT_FOCAL_35MM:g} mm (35 mm "
-                 "equivalent) for the camera. Pass --focal-35mm if you know it.")
-    K_full = Intrinsics.from_focal(focal_px_from_35mm(f35 or DEFAULT_FOCAL_35MM, W, H), W, H)
     cfg = get_config(args.preset, seed=args.seed, texture_res=args.texture_res,
                      fit_expression=not args.neutral).capped(args.max_steps)
     if getattr(args, "detail", None) is not None:
         from dataclasses import replace as _replace
         cfg = _replace(cfg, albedo=_replace(cfg.albedo, detail=args.detail))
+    K_full, focal_source = photo_camera(photo_path, W, H, args.focal_35mm, cfg, run.warn)
     if args.recognizer == "none":
         from dataclasses import replace
         cfg = replace(cfg, identity=False)
@@ -334,6 +328,24 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     run.emit.send("result", dir=str(out), result_json=str(out / "result.json"), summary=summary,
                   warnings=list(run.warnings))
     return True
+
+
+def photo_camera(photo_path: Path, width: int, height: int, focal_35mm: float | None, cfg,
+                 warn) -> tuple:
+    """The camera of the photo, as ``fit`` and ``batch`` both take it: (intrinsics, focal source).
+    The user's --focal-35mm, else the photo's EXIF; with neither, None: the pipeline takes the focal
+    length from the face's size in the photo and an assumed camera-to-face distance
+    (``pipeline.prior_camera``), which no crop of the photo changes."""
+    from ..camera import Intrinsics, focal_px_from_35mm
+    from ..io.image import read_exif_focal_35mm
+    f35 = focal_35mm or read_exif_focal_35mm(photo_path)
+    if not f35:
+        warn(f"The photo records no focal length; assumed the camera was about "
+             f"{cfg.camera.subject_distance_cm / 100:g} m from the face. Pass --focal-35mm if you "
+             "know the lens (35 mm equivalent, for this image's frame).")
+        return None, "prior"
+    return Intrinsics.from_focal(focal_px_from_35mm(f35, width, height), width, height), \
+        ("user" if focal_35mm else "exif")
 
 
 def _texture_factory(args, device, cfg, warn=None):

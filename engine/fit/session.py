@@ -189,12 +189,11 @@ class FitSession:
 
     def _fit(self, photo_path: Path, out: Path, work: Path, cancel: Callable[[], bool],
              warnings: list[str], t0: float) -> dict:
-        from ..camera import DEFAULT_FOCAL_35MM, Intrinsics, focal_px_from_35mm
-        from ..io.image import load_photo, read_exif_focal_35mm
+        from ..io.image import load_photo
         from . import pipeline
         from .hooks import Hooks
         from .results import write_json
-        from .run import peak_rss_mb
+        from .run import peak_rss_mb, photo_camera
 
         def warn(message: str) -> None:
             log.warning("%s", message)
@@ -205,12 +204,7 @@ class FitSession:
             raise CancelledError("The fit was cancelled.")
         photo = load_photo(photo_path)
         H, W = photo.shape[:2]
-        f35 = opts.focal_35mm or read_exif_focal_35mm(photo_path)
-        focal_source = "user" if opts.focal_35mm else ("exif" if f35 else "default")
-        if focal_source == "default":
-            warn(f"The photo records no focal length; assumed {DEFAULT_FOCAL_35MM:g} mm (35 mm "
-                 "equivalent) for the camera. Pass --focal-35mm if you know it.")
-        K_full = Intrinsics.from_focal(focal_px_from_35mm(f35 or DEFAULT_FOCAL_35MM, W, H), W, H)
+        K_full, focal_source = photo_camera(photo_path, W, H, opts.focal_35mm, self.cfg, warn)
         hooks = Hooks(cancel=cancel, warn=warn)
         hooks.check_cancel()
         info = {

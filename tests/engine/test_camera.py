@@ -123,3 +123,38 @@ def test_solve_lighting_recovers_known_sh():
     assert (s_got - s_true).abs().mean() < 0.06  # the ridge biases toward smooth light
     # Shading is positive over the front hemisphere and brighter toward the light.
     assert got[0, 2].mean() > 0.1 and got[0, 3].mean() < -0.05
+
+
+@pytest.mark.parametrize("distance", [40.0, 100.0, 250.0])
+def test_focal_from_face_recovers_the_lens_and_ignores_the_framing(distance):
+    """A face projected with a known lens from a known distance gives that lens back (to the few
+    per cent that weak perspective costs), whatever the pose; a crop leaves it unchanged and a
+    rescale rescales it; a wrong lens gives a different answer (the test can fail)."""
+    from engine.camera import RIGID68, focal_px_from_face
+    from engine.fit.pipeline import prior_camera
+    model = load_face_model()
+    idx = model.landmarks68[list(RIGID68)]
+    pts3 = model.vertices_neutral[idx].numpy().astype(np.float64)
+    f = 1500.0
+    K = Intrinsics.from_focal(f, 1200, 1600)
+    for aa in ([0.0, 0.0, 0.0], [0.1, 0.5, -0.1]):
+        R = rotation_matrix(torch.tensor(aa)[None])[0].numpy()
+        # ``distance``: from the camera to the centroid of the points (the nose and eyes).
+        cam = (pts3 - pts3.mean(0)) @ R.T + np.array([3.0, -2.0, -distance])
+        uv = project(torch.tensor(cam)[None], K)[0].numpy()
+        got = focal_px_from_face(pts3, uv, distance)
+        assert got == pytest.approx(f, rel=0.05)
+        assert focal_px_from_face(pts3, uv - np.array([317.0, 91.0]), distance) == pytest.approx(got, rel=1e-9)
+        assert focal_px_from_face(pts3, uv * 0.5, distance) == pytest.approx(got * 0.5, rel=1e-9)
+        assert abs(focal_px_from_face(pts3, uv, distance * 1.5) / f - 1) > 0.3
+    # The pipeline's camera from 68 detected points: the rigid ones only; a crop keeps fx.
+    det68 = project(torch.tensor(model.vertices_neutral[model.landmarks68].numpy().astype(np.float64)
+                                 - pts3.mean(0) + np.array([0.0, 0.0, -distance]))[None], K)[0].numpy()
+    Kp = prior_camera(model, det68, 1200, 1600, distance)
+    assert Kp.fx == pytest.approx(f, rel=0.05) and (Kp.cx, Kp.cy) == (600.0, 800.0)
+    Kc = prior_camera(model, det68 - np.array([200.0, 300.0]), 500, 500, distance)
+    assert Kc.fx == pytest.approx(Kp.fx, rel=1e-9)
+    det68[48:] += np.random.default_rng(0).normal(0, 20, (20, 2))  # a smile moves the mouth only
+    assert prior_camera(model, det68, 1200, 1600, distance).fx == pytest.approx(Kp.fx, rel=1e-9)
+    with pytest.raises(ValueError, match="degenerate"):
+        focal_px_from_face(pts3, np.zeros((len(pts3), 2)), distance)

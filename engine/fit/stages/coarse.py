@@ -21,6 +21,9 @@ class CoarseResult:
     params: FitParams                  # pose, shape and expression (sh still ambient)
     expr_start: torch.Tensor           # (1, 53) the detector's expression, the prior's anchor
     history: dict[str, list[tuple[int, float]]]
+    # The fitted camera-to-face distance over the starting one (``fit_perspective``); the focal
+    # length is to be multiplied by it too (``params.trans`` already is). 1 when not fitted.
+    focal_scale: float = 1.0
 
 
 def initial_params(model, framed: Framed, expr_init: dict[str, float] | None, fit_expression: bool,
@@ -46,7 +49,11 @@ def initial_params(model, framed: Framed, expr_init: dict[str, float] | None, fi
     return p, expr_start
 
 
-def run(model, cfg, framed: Framed, expr_init: dict[str, float] | None, hooks: Hooks, device) -> CoarseResult:
+def run(model, cfg, framed: Framed, expr_init: dict[str, float] | None, hooks: Hooks, device,
+        fit_perspective: bool = False) -> CoarseResult:
+    """``fit_perspective``: the focal length is a guess (``CameraConfig``): also fit the distance,
+    the translation and the focal length scaled together by exp(log_k), so that only the
+    perspective changes, with the ``distance_prior`` on log_k."""
     t = framed.targets
     used = [t.inner_idx, t.jaw_idx]
     if t.dense is not None:
@@ -59,14 +66,24 @@ def run(model, cfg, framed: Framed, expr_init: dict[str, float] | None, hooks: H
 
     p, expr_start = initial_params(model, framed, expr_init, cfg.fit_expression, device)
     opt_pose = p.optimiser(cfg.coarse_rates, ("rot", "trans"))
-    opt_shape = p.optimiser(cfg.coarse_rates, ("shape", "expr") if cfg.fit_expression else ("shape",))
+    log_k = torch.zeros(1, device=device, requires_grad=fit_perspective)
+    extra = [{"params": [log_k], "lr": cfg.camera.distance_rate}] if fit_perspective else None
+    opt_shape = p.optimiser(cfg.coarse_rates, ("shape", "expr") if cfg.fit_expression else ("shape",),
+                            extra=extra)
+    K = framed.crop.K
 
     def terms() -> dict[str, torch.Tensor]:
         coeffs = torch.cat([p.shape, p.expr], 1)
         v = neutral_sub[None] + torch.einsum("bk,nck->bnc", coeffs, basis_sub)
-        p2 = project(to_camera(v, rotation_matrix(p.rot), p.trans), framed.crop.K)
+        if fit_perspective:
+            k = log_k.exp()
+            p2 = project(to_camera(v, rotation_matrix(p.rot), p.trans * k), K, focal=K.fx * k)
+        else:
+            p2 = project(to_camera(v, rotation_matrix(p.rot), p.trans), K)
         raw = L.landmark_terms(p2, t, remap)
         raw.update(L.prior_terms(p.shape, p.expr if cfg.fit_expression else None, expr_start))
+        if fit_perspective:
+            raw["distance_prior"] = (log_k / cfg.camera.distance_log_sigma).pow(2).sum()
         return L.weigh(raw, cfg.weights)
 
     history: dict[str, list[tuple[int, float]]] = {}
@@ -87,4 +104,8 @@ def run(model, cfg, framed: Framed, expr_init: dict[str, float] | None, hooks: H
             values = as_floats(weighted)
             record(history, step + 1, values)
             hooks.progress("coarse", step + 1, n, values)
-    return CoarseResult(p, expr_start, history)
+    k = float(log_k.detach().exp())
+    if fit_perspective:
+        with torch.no_grad():
+            p.trans.mul_(k)
+    return CoarseResult(p, expr_start, history, k)

@@ -5,7 +5,7 @@ face model)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +43,54 @@ class Framed:
     outline: np.ndarray | None           # the detector's face outline, full-res pixels (or None)
 
 
+def redetect(photo: np.ndarray, face, find, cfg=None):
+    """The face detected again on canonical crops around its landmarks (``config.DetectConfig``),
+    its points mapped back to photo pixels; the first detection where a pass finds nothing.
+    ``find(image) -> list[Face]`` is the detector."""
+    from PIL import Image
+
+    from ..config import DetectConfig
+    cfg = cfg or DetectConfig()
+    img = Image.fromarray(photo)
+    for _ in range(cfg.passes):
+        x0, y0, x1, y1 = face.box
+        side = cfg.scale * max(x1 - x0, y1 - y0)
+        if not side > 0:
+            return face
+        left, top = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
+        # Shrinking a lot: box-filter by an integer factor first (as crop.make_crop does).
+        k = max(1, int(side / (2 * cfg.res)))
+        src = img.reduce(k) if k > 1 else img
+        crop = src.transform((cfg.res, cfg.res), Image.Transform.EXTENT,
+                             (left / k, top / k, (left + side) / k, (top + side) / k),
+                             resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+        found = find(np.asarray(crop))
+        if not found:
+            return face
+        c = cfg.res / 2
+        near = min(found, key=lambda f: (f.box[0] + f.box[2] - 2 * c) ** 2 + (f.box[1] + f.box[3] - 2 * c) ** 2)
+        s = side / cfg.res
+        back = lambda pts: (pts.astype(np.float64) * s + np.array([left, top])).astype(np.float32)  # noqa: E731
+        b = near.box
+        face = replace(near, box=(b[0] * s + left, b[1] * s + top, b[2] * s + left, b[3] * s + top),
+                       landmarks=back(near.landmarks), landmarks68=back(near.landmarks68),
+                       landmarks_z=None if near.landmarks_z is None else near.landmarks_z * s)
+    return face
+
+
 def detect(photo: np.ndarray, backend: str, device: str, face_index: int = 0,
-           path: str | Path | None = None) -> Detection:
-    """Run the landmark detector and pick face ``face_index`` (0 = the largest)."""
-    from ...perception.landmarks import blendshapes_to_ict, detect_faces, select_face
-    faces = detect_faces(photo, backend=backend, device=device)
-    face = select_face(faces, face_index, path=path)
+           path: str | Path | None = None, cfg=None) -> Detection:
+    """Run the landmark detector, pick face ``face_index`` (0 = the largest) and detect it again
+    on canonical crops (``redetect``; ``cfg``: ``config.DetectConfig``)."""
+    from ...perception.landmarks import MediaPipeFaceLandmarker, blendshapes_to_ict, detect_faces, select_face
+    if backend == "mediapipe":  # one landmarker for every pass (creating one costs more than a pass)
+        with MediaPipeFaceLandmarker() as lm:
+            faces = lm.detect(photo)
+            face = redetect(photo, select_face(faces, face_index, path=path), lm.detect, cfg)
+    else:
+        faces = detect_faces(photo, backend=backend, device=device)
+        face = redetect(photo, select_face(faces, face_index, path=path),
+                        lambda img: detect_faces(img, backend=backend, device=device), cfg)
     dense = face.landmarks.astype(np.float64) if face.scheme == "mediapipe478" else None
     box = [float(x) for x in face.box]
     warnings = []

@@ -2,8 +2,9 @@
 identity (1 - cosine of the recogniser's embeddings of the photo and of the render composited over
 the photo, both aligned to the recogniser's template), content (its intermediate activations),
 masked pixel L1 (which also drives the lighting), landmarks, and the priors on shape, expression,
-lighting and texture (the texture model's own, ``TextureModel.priors``). Ends with an evaluation
-of the final parameters on the crop (the fit's metrics)."""
+lighting and texture (the texture model's own, ``TextureModel.priors``). Ends with the unseen head
+completed from the seen face (``fit/unseen.py``) and an evaluation of the final parameters on the
+crop (the fit's metrics)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..crop import Crop
 from ..hooks import Hooks, as_floats, record
 from ..params import FitParams
 from ..texture import TextureModel
+from ..unseen import complete_unseen
 from .coarse import CoarseResult
 from .detect import Framed
 from .unwrap import Unwrapped
@@ -157,6 +159,8 @@ def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed,
             hooks.preview((img[0].detach().cpu().numpy() * 255).astype(np.uint8), step)
 
     with torch.no_grad():
+        if cfg.unseen.enabled:  # the skull, ears and neck from the seen face (fit/unseen.py)
+            p.shape.copy_(complete_unseen(model, p.shape, cfg.unseen.face_sigma_cm))
         out = render_crop(ctx, model, cfg, p, texture(), crop, narrow_v)
         final = as_floats(weighted)
         final["pixel_l1"] = float(L.masked_l1(out["colour_srgb"], crop.image,
