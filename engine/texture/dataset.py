@@ -224,11 +224,15 @@ class Builder:
                                         recognizer=recognizer, threads=threads, texture_model="texel"))
         self.device = session.device
         self.res = res
-        self.cfg = session.cfg
+        # The unwrap needs the geometry the photo was fitted with; the unseen head's completion
+        # (fit/unseen.py, after the fine stage) moves only what the photo does not show, so it is
+        # left out, and the shipped model's data stay what they were when it was built.
+        from dataclasses import replace
+        self.cfg = replace(session.cfg, unseen=replace(session.cfg.unseen, enabled=False))
         self.ctx = session.ctx
         model = session.model
         rec = session.recognizer
-        self.env = session.env
+        self.env = replace(session.env, cfg=self.cfg)
         from ..fit import uvspace
         self.uvr = uvspace.uv_raster(self.ctx, model, res)
         names = model.region_names
