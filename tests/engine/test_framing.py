@@ -3,33 +3,20 @@ landmarks whatever the crop (issue 14 item 1)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from engine.fit.config import DetectConfig
+from tests.shared_data import require_shared
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("GANFIT_SHARED", REPO.parent / "shared"))
-PHOTO = SHARED / "photos" / "nasa_eileen_collins.png"
-
-
-def need_photo() -> Path:
-    if not PHOTO.is_file():
-        msg = f"shared photo missing: {PHOTO} (set GANFIT_SHARED)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return PHOTO
+PHOTO = ("photos", "nasa_eileen_collins.png")
 
 
 def test_redetection_makes_the_landmarks_independent_of_the_crop():
     from engine.fit.stages.detect import detect
     from engine.io.image import load_photo
-    photo = load_photo(need_photo())
+    photo = load_photo(require_shared(*PHOTO))
     on = replace(DetectConfig(), passes=2)
     full = detect(photo, "mediapipe", "cpu", cfg=on)
     x0, y0, x1, y1 = full.box

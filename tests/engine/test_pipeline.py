@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,19 +13,9 @@ import torch
 
 from engine.fit import losses as L
 from engine.fit.config import FitConfig, Rates, Weights, get_config
+from tests.shared_data import REPO, require_shared
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("GANFIT_SHARED", REPO.parent / "shared"))
-PHOTO = SHARED / "photos" / "codait_luciano.png"
-
-
-def need_photo() -> Path:
-    if not PHOTO.is_file():
-        msg = f"shared photo missing: {PHOTO} (set GANFIT_SHARED)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return PHOTO
+PHOTO = ("photos", "codait_luciano.png")
 
 
 def test_progress_stages_are_load_plus_the_pipeline_steps():
@@ -204,7 +193,7 @@ def test_recogniser_zero_fill_hands_on_a_contiguous_gradient():
 
 @pytest.fixture(scope="module")
 def short_fit():
-    photo_path = need_photo()
+    photo_path = require_shared(*PHOTO)
     from engine import render
     from engine.camera import DEFAULT_FOCAL_35MM, Intrinsics, focal_px_from_35mm
     from engine.fit import pipeline
@@ -298,12 +287,11 @@ def _darken(photo: np.ndarray, k: float) -> np.ndarray:
 def test_exposure_is_one_for_normal_photos_and_undoes_a_dark_one():
     from engine.io.image import load_photo
     from engine.lighting import exposure_from_white_point
-    need_photo()
-    photos = sorted(p for p in (SHARED / "photos").iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    photos = sorted(p for p in require_shared("photos").iterdir() if p.suffix.lower() in (".jpg", ".png"))
     assert len(photos) >= 8
     for p in photos:
         assert exposure_from_white_point(load_photo(p)) == 1.0, p.name
-    normal = load_photo(PHOTO)
+    normal = load_photo(require_shared(*PHOTO))
     for k in (0.1, 0.15, 0.2):
         e = exposure_from_white_point(_darken(normal, k))
         assert 0.8 * k < e < 1.25 * k, (k, e)
