@@ -299,12 +299,15 @@ def _linear_model(generator: torch.nn.Module, dim: int):
 
 
 def save_generator(module: torch.nn.Module, path: str | Path, latent_dim: int,
-                   output_range: str = "-1,1", latent_mean=None, truncation: float = 1.0) -> None:
-    """Write a generator checkpoint in the documented format (TorchScript + ganfit.json)."""
+                   output_range: str = "-1,1", latent_mean=None, truncation: float = 1.0,
+                   extra: dict | None = None) -> None:
+    """Write a generator checkpoint in the documented format (TorchScript + ganfit.json).
+    ``extra``: more ganfit.json entries (a trainer's metadata); the format's own keys win."""
     scripted = torch.jit.script(module)
     meta = {"format": GENERATOR_FORMAT, "version": 1, "latent_dim": int(latent_dim),
             "output_range": output_range, "uv_layout": "ganfit-atlas-v1",
             "latent_mean": latent_mean, "truncation": truncation}
+    meta.update({k: v for k, v in (extra or {}).items() if k not in meta})
     torch.jit.save(scripted, str(path), _extra_files={"ganfit.json": json.dumps(meta)})
 
 

@@ -217,15 +217,8 @@ def _set_rng_state(st: dict, device: torch.device) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"Could not write {path}: {e}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .train import write_atomically
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def default_run_dir(output: str | Path) -> Path:

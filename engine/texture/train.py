@@ -10,7 +10,6 @@ the model type, the training data summary, the held-out persons and the held-out
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -234,30 +233,29 @@ def write_checkpoint(model, path: Path, extra: dict, out_res: int = 0) -> None:
                     extra=extra)
 
 
-def write_generator(module, path: Path, latent_dim: int, output_range: str, extra: dict,
-                    latent_mean=None, truncation: float = 1.0) -> None:
-    """The ``ganfit-texture-generator`` checkpoint of any scriptable generator (via
-    ``save_generator``) with ``extra`` merged into its ganfit.json. Written beside the target and
-    renamed, so a failure leaves no half file."""
-    import torch
-
-    from ..fit.texture import save_generator
+def write_atomically(path: Path, write) -> None:
+    """``write(tmp)`` a file beside ``path``, then rename it there: a failure leaves no half file
+    (and no temporary one); an OSError becomes an OutputError naming ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        save_generator(module, tmp, latent_dim=latent_dim, output_range=output_range,
-                       latent_mean=latent_mean, truncation=truncation)
-        files = {"ganfit.json": ""}
-        scripted = torch.jit.load(str(tmp), _extra_files=files)
-        meta = json.loads(files["ganfit.json"])
-        meta.update({k: v for k, v in extra.items() if k not in meta})
-        torch.jit.save(scripted, str(tmp), _extra_files={"ganfit.json": json.dumps(meta)})
+        write(tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"Could not write {path}: {e}") from e
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_generator(module, path: Path, latent_dim: int, output_range: str, extra: dict,
+                    latent_mean=None, truncation: float = 1.0) -> None:
+    """The ``ganfit-texture-generator`` checkpoint of any scriptable generator (via
+    ``save_generator``) with ``extra`` in its ganfit.json, written atomically."""
+    from ..fit.texture import save_generator
+    write_atomically(path, lambda tmp: save_generator(module, tmp, latent_dim=latent_dim,
+                                                      output_range=output_range, latent_mean=latent_mean,
+                                                      truncation=truncation, extra=extra))
 
 
 def _latent(args) -> int:
