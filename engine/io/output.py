@@ -216,11 +216,12 @@ def _short(name: str, room: int) -> str:
     return b[:room].decode("utf-8", errors="ignore")
 
 
-def prepare(out: Path) -> tuple[Path, list[Path]]:
-    """Create the missing parents and the temporary folder. Returns (work, the parents this call
-    created, top first), so that a failure can remove exactly those."""
+def make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents. Returns the folders this call created, top first,
+    so that a failure later can remove exactly those (``remove_created``); on an OSError here the
+    ones it made are removed before it is raised."""
     missing = []
-    for p in out.parents:
+    for p in (folder, *folder.parents):
         if os.path.isdir(p):
             break
         missing.append(p)
@@ -233,6 +234,18 @@ def prepare(out: Path) -> tuple[Path, list[Path]]:
             except FileExistsError:
                 if not os.path.isdir(p):
                     raise
+    except OSError:
+        remove_created(created)
+        raise
+    return created
+
+
+def prepare(out: Path) -> tuple[Path, list[Path]]:
+    """Create the missing parents and the temporary folder. Returns (work, the parents this call
+    created, top first), so that a failure can remove exactly those."""
+    created: list[Path] = []
+    try:
+        created = make_folders(out.parent)
         prefix = "." + _short(out.name, _NAME_MAX - 20) + ".tmp-"
         work = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     except OSError as e:

@@ -74,7 +74,8 @@ class TextureDataset:
         self.records, self.failed = read_manifest(self.root)
         self.excluded = 0
         if strict_licence:
-            kept = [r for r in self.records if (r.info.get("flags") or {}).get("pd_strict", True) is not False]
+            from .dataset import strict_licence_ok
+            kept = [r for r in self.records if strict_licence_ok(r.info.get("flags"))]
             self.excluded = len(self.records) - len(kept)
             self.records = kept
         if not self.records:

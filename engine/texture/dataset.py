@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.output import remove_created
+from ..io.output import make_folders, remove_created
 
 log = logging.getLogger("engine.texture")
 
@@ -372,18 +372,11 @@ def _check_out(out: Path, res: int) -> None:
                              f"{res}. Use --res {d.get('res')} to resume it, or another folder.")
 
 
-def _make_folder(out: Path) -> list[Path]:
-    """Create ``out`` and its missing parents; returns those this call created, top first."""
-    missing = [p for p in (out, *out.parents) if not p.exists()]
-    created = []
-    try:
-        for p in reversed(missing):
-            p.mkdir()
-            created.append(p)
-    except OSError as e:
-        remove_created(created)
-        raise SystemExit(f"error: cannot create the dataset folder {out}: {e.strerror or e}") from None
-    return created
+def strict_licence_ok(flags: dict | None) -> bool:
+    """Inside its source's stricter licence subset (``--strict-licence``): every photo but those
+    flagged ``pd_strict: false`` (congress-pd portraits of members who left before the 110th
+    Congress)."""
+    return (flags or {}).get("pd_strict", True) is not False
 
 
 def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "balanced",
@@ -403,12 +396,15 @@ def build(inputs: list[str], out: str | Path, res: int = 256, preset: str = "bal
     _check_out(out, res)
     sources = collect(inputs)
     if strict_licence:
-        left = [s for s in sources if s.flags.get("pd_strict", True) is not False]
+        left = [s for s in sources if strict_licence_ok(s.flags)]
         if len(left) < len(sources):
             print(f"--strict-licence: {len(sources) - len(left)} photos outside their source's stricter "
                   "licence subset left out", file=sys.stderr)
         sources = left
-    created = _make_folder(out)
+    try:
+        created = make_folders(out)
+    except OSError as e:
+        raise SystemExit(f"error: cannot create the dataset folder {out}: {e.strerror or e}") from None
     manifest = out / "manifest.jsonl"
     done = read_manifest(manifest)
     todo = [s for s in sources
