@@ -29,8 +29,8 @@ Arguments after ``--`` go to every ``engine fit``: e.g. whether the identity ter
 towards the person (issue 14 item 3) is the same run into a second work folder with
 ``-- --recognizer none``, or with ``-- --texture-model MODEL.pt`` for a learned texture.
 
-    python benchmarks/shape.py --work /tmp/shape-now --preset fast --part reframe
-    python benchmarks/shape.py --work /tmp/shape-old --engine-root /tmp/old-tree   # another commit
+    python benchmarks/shape.py --work ../shapebench-now --preset fast --part reframe
+    python benchmarks/shape.py --work ../shapebench-old --engine-root ../old-tree   # another commit
 """
 
 from __future__ import annotations

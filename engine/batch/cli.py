@@ -12,7 +12,6 @@ missing (ray, for ``--ray``); 6 OUT_DIR unusable; 130 stopped by Ctrl-C / SIGTER
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
