@@ -72,6 +72,36 @@ MEDIAPIPE_IRIS_RIGHT: tuple[int, ...] = (468, 469, 470, 471, 472)
 MEDIAPIPE_IRIS_LEFT: tuple[int, ...] = (473, 474, 475, 476, 477)
 
 
+
+def _import_mediapipe_tasks():
+    """mediapipe's tasks API: (a namespace with ``Image`` and ``ImageFormat``, ``vision``,
+    ``BaseOptions``). The package's own ``__init__`` also imports its legacy ``solutions`` and with
+    them matplotlib.pyplot, half a second or more of a fast fit; when nothing has imported mediapipe
+    yet, the package is entered without running that ``__init__`` (the tasks modules import what
+    they use themselves). On any failure the plain import is used instead."""
+    import importlib.util
+    import types
+    shallow = False
+    if "mediapipe" not in sys.modules:
+        spec = importlib.util.find_spec("mediapipe")
+        if spec is not None and spec.submodule_search_locations:
+            sys.modules["mediapipe"] = importlib.util.module_from_spec(spec)
+            shallow = True
+    try:
+        from mediapipe.python._framework_bindings.image import Image
+        from mediapipe.python._framework_bindings.image_frame import ImageFormat
+        from mediapipe.tasks.python import vision
+        from mediapipe.tasks.python.core.base_options import BaseOptions
+        return types.SimpleNamespace(Image=Image, ImageFormat=ImageFormat), vision, BaseOptions
+    except Exception:  # noqa: BLE001 - another layout: forget a partial import, do it plainly
+        if shallow:
+            for name in [m for m in sys.modules if m == "mediapipe" or m.startswith("mediapipe.")]:
+                del sys.modules[name]
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+    return mp, vision, BaseOptions
+
 @dataclass
 class Face:
     """One detected face, all coordinates in full-resolution pixels (see module docstring).
@@ -172,9 +202,7 @@ class MediaPipeFaceLandmarker:
         if not path.is_file():
             raise MissingModelError(f"MediaPipe face landmarker model not found: '{path}'")
         try:
-            import mediapipe as mp
-            from mediapipe.tasks.python import vision
-            from mediapipe.tasks.python.core.base_options import BaseOptions
+            mp, vision, BaseOptions = _import_mediapipe_tasks()
         except ImportError as exc:
             raise MissingModelError(
                 f"The 'mediapipe' package is needed for face landmarks but cannot be imported: "
