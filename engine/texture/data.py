@@ -64,10 +64,13 @@ class TextureData:
 class TextureDataset:
     """A checked dataset folder: its ``data.json`` (``meta``) and its ``ok`` records."""
 
-    def __init__(self, root: str | Path, strict_licence: bool = False):
+    def __init__(self, root: str | Path, strict_licence: bool = False,
+                 exclude_persons: frozenset[str] | set[str] = frozenset()):
         """``strict_licence``: leave out the samples whose manifest flags put them outside their
         source's stricter licence subset (``pd_strict: false``: congress-pd portraits of members who
-        left before the 110th Congress, see that folder's LICENSE.md); counted in ``excluded``."""
+        left before the 110th Congress, see that folder's LICENSE.md); counted in ``excluded``.
+        ``exclude_persons``: leave out every sample of these persons (an evaluation that must not
+        have seen them); counted in ``excluded_persons``."""
         self.root = Path(root)
         self.meta = read_meta(self.root)
         self.res = int(self.meta["res"])
@@ -77,6 +80,11 @@ class TextureDataset:
             from .dataset import strict_licence_ok
             kept = [r for r in self.records if strict_licence_ok(r.info.get("flags"))]
             self.excluded = len(self.records) - len(kept)
+            self.records = kept
+        self.excluded_persons = 0
+        if exclude_persons:
+            kept = [r for r in self.records if r.person not in exclude_persons]
+            self.excluded_persons = len(self.records) - len(kept)
             self.records = kept
         if not self.records:
             raise BadInputError(f"The texture dataset {self.root} has no samples with status 'ok' in "
@@ -93,7 +101,8 @@ class TextureDataset:
             key = str(r.info.get("dataset") or "unknown")
             by_ds[key] = by_ds.get(key, 0) + 1
         return {"samples": len(self.records), "persons": len(self.persons), "failed": self.failed,
-                "excluded_by_licence": self.excluded, "res": self.res, "datasets": by_ds}
+                "excluded_by_licence": self.excluded,
+                "excluded_by_person": self.excluded_persons, "res": self.res, "datasets": by_ds}
 
     def load(self, res: int | None = None, records: list[Record] | None = None,
              progress=None) -> TextureData:

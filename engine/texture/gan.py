@@ -85,6 +85,7 @@ class GanConfig:
     threads: int = 0
     extra: dict = field(default_factory=dict)
     strict_licence: bool = False    # texture train --strict-licence (data.TextureDataset)
+    exclude_persons: frozenset[str] = frozenset()  # texture train --exclude-persons
 
 
 def _log(msg: str) -> None:
@@ -344,7 +345,8 @@ def _train(cfg: GanConfig, dd: _Dist, log) -> dict | None:
             log(f"resuming: the network of the saved run is kept ({', '.join(f'{k}={arch[k]}' for k in changed)})")
 
     t0 = time.time()
-    ds = D.TextureDataset(cfg.data, strict_licence=cfg.strict_licence)
+    ds = D.TextureDataset(cfg.data, strict_licence=cfg.strict_licence,
+                           exclude_persons=cfg.exclude_persons)
     data = ds.load(arch["res"])
     train_idx, held_idx = D.split_by_person(data.records, cfg.holdout, cfg.seed)
     tr, ho = data.subset(train_idx), data.subset(held_idx)
@@ -561,7 +563,7 @@ def _train(cfg: GanConfig, dd: _Dist, log) -> dict | None:
             f"{timing['median_images_per_s']:.1f} images/s ({dd.world} x batch {cfg.batch})")
     from .train import write_generator
     meta = {"model": "gan", "res": arch["res"], "arch": arch, "steps": step, "images_seen": cur_nimg,
-            "seed": cfg.seed, "holdout_fraction": cfg.holdout, "colour": "linear",
+            "seed": cfg.seed, "holdout_fraction": cfg.holdout, "excluded_persons": sorted(cfg.exclude_persons), "colour": "linear",
             "w_truncation": cfg.truncation, "noise_std": 0.03,
             "losses": {"r1_gamma": cfg.r1_gamma, "pl_weight": cfg.pl_weight, "ema_kimg": cfg.ema_kimg,
                        "colour_jitter": cfg.colour_jitter},

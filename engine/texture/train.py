@@ -86,6 +86,10 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--strict-licence", action="store_true",
                    help="train only on samples inside their source's stricter licence subset "
                         "(congress-pd: last_congress >= 110, see its LICENSE.md); the shipped model uses it")
+    p.add_argument("--exclude-persons", type=_persons, default=frozenset(), metavar="IDS",
+                   help="leave out every sample of these persons: comma-separated person ids as in "
+                        "manifest.jsonl (e.g. london_001,canada_003), or @FILE with one id a line; "
+                        "for a model to evaluate on people it never saw (recorded in the checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     n = p.add_argument_group("vae and gan")
     n.add_argument("--steps", type=int, help="optimiser steps (default: vae 3000, gan 10000; a resumed "
@@ -145,7 +149,8 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
                res: int = 128, holdout: float = 0.15, seed: int = 0, iters: int = 40,
                max_components: int = DEFAULT_MAX_COMPONENTS, out_res: int = 0,
                overwrite: bool = False, rel_tol: float = 0.02, robust: float = 0.0,
-               strict_licence: bool = False, log=_log) -> dict:
+               strict_licence: bool = False, exclude_persons: frozenset[str] = frozenset(),
+               log=_log) -> dict:
     """Train masked PPCA and write the checkpoint. Returns its metadata (also in ganfit.json).
 
     ``components="auto"``: train ``max_components``, measure every leading count on the held-out
@@ -158,7 +163,7 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     if not out.parent.is_dir():
         raise OutputError(f"The folder for {out} does not exist; create it first.")
     t0 = time.time()
-    ds = D.TextureDataset(data_dir, strict_licence=strict_licence)
+    ds = D.TextureDataset(data_dir, strict_licence=strict_licence, exclude_persons=exclude_persons)
     data = ds.load(res)
     t_load = time.time() - t0
     train_idx, held_idx = D.split_by_person(data.records, holdout, seed)
@@ -206,7 +211,7 @@ def train_ppca(data_dir: str | Path, output: str | Path, components: int | str =
     meta_extra = {
         "model": "ppca", "components": model.k, "res": model.res, "noise_std": model.sigma2 ** 0.5,
         "seed": seed, "holdout_fraction": holdout, "colour": "linear", "robust": robust,
-        "strict_licence": strict_licence,
+        "strict_licence": strict_licence, "excluded_persons": sorted(exclude_persons),
         "data": {**summary, "train_samples": len(tr), "validation_samples": len(va),
                  "heldout_samples": len(te), "builder": ds.meta.get("builder")},
         "heldout_persons": sorted({r.person for r in te.records}),
@@ -258,6 +263,23 @@ def write_generator(module, path: Path, latent_dim: int, output_range: str, extr
                                                       truncation=truncation, extra=extra))
 
 
+def _persons(text: str) -> frozenset[str]:
+    """``--exclude-persons``: "a,b,c" or "@FILE" (one id a line, # comments)."""
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"cannot read the person list {path}: {e.strerror or e}")
+        ids = [ln.split("#", 1)[0].strip() for ln in lines]
+    else:
+        ids = [x.strip() for x in text.split(",")]
+    ids = frozenset(x for x in ids if x)
+    if not ids:
+        raise argparse.ArgumentTypeError(f"no person ids in {text!r}")
+    return ids
+
+
 def _latent(args) -> int:
     return LATENT_AUTO if args.components == "auto" else int(args.components)
 
@@ -282,7 +304,7 @@ def run_train(args) -> int:
                 kid_samples=args.kid_samples, holdout=args.holdout, seed=args.seed, device=args.device,
                 amp=args.amp, out_res=args.out_res, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress, threads=args.threads or 0,
-                strict_licence=args.strict_licence)
+                strict_licence=args.strict_licence, exclude_persons=args.exclude_persons)
             train_gan(cfg)
         elif args.model == "vae":
             from .vae import VaeConfig, train_vae
@@ -292,12 +314,12 @@ def run_train(args) -> int:
                 batch=args.batch or 32, steps=args.steps or 3000, lr=args.lr or 0.002,
                 holdout=args.holdout, seed=args.seed, device=args.device, out_res=args.out_res,
                 overwrite=args.overwrite, progress=not args.no_progress,
-                strict_licence=args.strict_licence))
+                strict_licence=args.strict_licence, exclude_persons=args.exclude_persons))
         else:
             train_ppca(args.data, args.output, args.components, res=args.res, holdout=args.holdout,
                        seed=args.seed, iters=args.iters, max_components=args.max_components,
                        out_res=args.out_res, overwrite=args.overwrite, robust=args.robust,
-                       strict_licence=args.strict_licence)
+                       strict_licence=args.strict_licence, exclude_persons=args.exclude_persons)
     except EngineError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return e.exit_code

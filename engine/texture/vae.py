@@ -50,6 +50,7 @@ class VaeConfig:
     overwrite: bool = False
     progress: bool = True
     strict_licence: bool = False    # texture train --strict-licence (data.TextureDataset)
+    exclude_persons: frozenset[str] = frozenset()  # texture train --exclude-persons
 
 
 def _log(msg: str) -> None:
@@ -105,7 +106,8 @@ def train_vae(cfg: VaeConfig, log=_log) -> dict:
         raise OutputError(f"The folder for {out} does not exist; create it first.")
     device = _device(cfg.device)
     t0 = time.time()
-    ds = D.TextureDataset(cfg.data, strict_licence=cfg.strict_licence)
+    ds = D.TextureDataset(cfg.data, strict_licence=cfg.strict_licence,
+                           exclude_persons=cfg.exclude_persons)
     data = ds.load(cfg.res)
     train_idx, held_idx = D.split_by_person(data.records, cfg.holdout, cfg.seed)
     tr, ho = data.subset(train_idx), data.subset(held_idx)
@@ -183,7 +185,7 @@ def train_vae(cfg: VaeConfig, log=_log) -> dict:
         final["encoder"] = {"rmse": _val_error(module.encoder, module.decoder, te.albedo, te.weight, hb_te,
                                                torch.device("cpu"))}
     meta = {"model": "vae", "components": cfg.latent, "res": cfg.res, "noise_std": sigma, "seed": cfg.seed,
-            "holdout_fraction": cfg.holdout, "colour": "linear",
+            "holdout_fraction": cfg.holdout, "excluded_persons": sorted(cfg.exclude_persons), "colour": "linear",
             "arch": {"channel_base": cfg.channel_base, "channel_max": cfg.channel_max},
             "encoder": "TorchScript method encode(albedo (B,3,r,r) linear, weight (B,r,r)) -> latent (B,K)",
             "training": {"steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr, "kept_step": best[1],

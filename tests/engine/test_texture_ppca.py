@@ -329,3 +329,26 @@ def test_strict_licence_leaves_out_flagged_samples(synth, tmp_path):
     meta = train_ppca(d, tmp_path / "m.pt", 3, res=RES, iters=5, strict_licence=True, log=lambda *_: None)
     assert meta["strict_licence"] and meta["data"]["excluded_by_licence"] == flagged
     assert meta["data"]["samples"] == 160 - flagged
+
+
+def test_exclude_persons_leaves_out_every_sample_of_those_persons(synth, tmp_path):
+    """--exclude-persons (a list or @FILE) drops all of those persons' samples, and the checkpoint
+    records who was left out, so an evaluation on them is on people the model never saw."""
+    from engine.cli import main
+    persons = D.TextureDataset(synth).persons
+    gone = set(persons[:5])
+    ds = D.TextureDataset(synth, exclude_persons=gone)
+    assert not gone & set(ds.persons) and len(ds.persons) == len(persons) - 5
+    assert ds.excluded_persons == sum(1 for r in D.TextureDataset(synth).records if r.person in gone) > 0
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# held out\n" + "\n".join(sorted(gone)) + "\n\n")
+    out = tmp_path / "m.pt"
+    assert main(["texture", "train", str(synth), "-o", str(out), "--res", str(RES), "--components", "3",
+                 "--iters", "5", "--exclude-persons", f"@{ids}"]) == 0
+    from engine.fit.texture import load_generator
+    _, meta = load_generator(out)
+    assert set(meta["excluded_persons"]) == gone
+    assert not gone & set(meta["heldout_persons"]) and meta["data"]["excluded_by_person"] == ds.excluded_persons
+    with pytest.raises(SystemExit):  # an unreadable list is a usage error, before any work
+        main(["texture", "train", str(synth), "-o", str(tmp_path / "n.pt"), "--exclude-persons",
+              f"@{tmp_path / 'missing.txt'}"])
