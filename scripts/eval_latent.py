@@ -1,9 +1,9 @@
 """Issue 13's two tables from one set of fits of the London neutral photos (../shared/faces/london-canada):
 
-    python scripts/eval_latent.py [-n 8] [--preset balanced] [-o out/eval_latent] [--json]
+    python scripts/eval_latent.py [-n 8] [--every K] [--model PT] [--preset balanced] [-o out/eval_latent] [--json]
 
 Each person's neutral photo is fitted once per texture configuration (``texel``; the learned
-default model with and without the detail layer), each fit in its own process.
+model with and without the detail layer), by ``engine batch`` (resumable: rerun to finish).
 
 1. **Landmarks vs human annotations.** The set's ``.pts189.txt`` (the FRL/WebMorph 189-point
    template) holds manually placed points. Which template point is which iBUG-68 point is found on
@@ -45,23 +45,36 @@ CONFIGS = {"texel": ["--texture-model", "texel"],
            "learned": ["--texture-model", "default", "--no-detail"]}
 
 
-def fit(photo: Path, out: Path, preset: str, extra: list[str]) -> dict | None:
-    if not (out / "result.json").is_file():
-        cmd = [sys.executable, "-m", "engine", "fit", str(photo), "-o", str(out), "--preset", preset,
-               "--overwrite", *extra]
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
-        if p.returncode != 0:
-            print(f"  {photo.name}: fit failed: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-            return None
-    return json.loads((out / "result.json").read_text())
+def fit_all(photos: list[Path], out: Path, preset: str, extra: list[str]) -> dict[str, dict]:
+    """Fit ``photos`` with ``engine batch`` (models loaded once; resumable: a rerun fits only what
+    is missing) into ``out``/<photo stem>/; their result.json by stem (missing: the fit failed)."""
+    src = out / "photos"
+    src.mkdir(parents=True, exist_ok=True)
+    for p in photos:
+        link = src / p.name
+        if not link.exists():
+            link.symlink_to(p.resolve())
+    cmd = [sys.executable, "-m", "engine", "batch", str(src), "-o", str(out / "fits"), "--preset", preset,
+           "--no-progress", *extra]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"batch failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
+    done = {}
+    for photo in photos:
+        r = out / "fits" / photo.stem / "result.json"
+        if r.is_file():
+            done[photo.stem] = json.loads(r.read_text())
+        else:
+            print(f"  {photo.name}: fit failed (see {out / 'fits' / 'manifest.jsonl'})", file=sys.stderr)
+    return done
 
 
-def heldout_persons() -> set[str]:
-    """The persons the shipped texture model was not trained on (from its checkpoint)."""
+def heldout_persons(model: Path | None = None) -> set[str]:
+    """The persons a texture model was not trained on (its checkpoint's held-out and excluded
+    persons; the validation persons chose only its component count). Default: the shipped one."""
     from engine.fit.texture import DEFAULT_MODEL, load_generator
-    _, meta = load_generator(DEFAULT_MODEL)
-    return set(meta.get("heldout_persons") or [])
+    _, meta = load_generator(model or DEFAULT_MODEL)
+    return set(meta.get("heldout_persons") or []) | set(meta.get("excluded_persons") or [])
 
 
 def human(photo: Path) -> np.ndarray:
@@ -107,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=8, help="people (London neutral/smiling pairs)")
     ap.add_argument("--all-people", action="store_true",
-                    help="the first n people; default: the shipped texture model's held-out people "
-                         "(its checkpoint's heldout_persons), so its own training data does not flatter it")
+                    help="the first n people; default: people the texture model never saw (its "
+                         "checkpoint's heldout_persons and excluded_persons), so its own training data "
+                         "does not flatter it")
+    ap.add_argument("--model", type=Path, help="texture model for the learned configurations (default: "
+                    "the shipped one), e.g. one trained with 'texture train --exclude-persons'")
+    ap.add_argument("--every", type=int, default=1, help="take every k-th eligible person (a spread sample)")
     ap.add_argument("--calibrate", type=int, default=4, help="photos for the template correspondence")
     ap.add_argument("--preset", default="balanced")
     ap.add_argument("--configs", default=",".join(CONFIGS))
@@ -121,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.all_people:
         calib, people = neutral[-a.calibrate:], neutral[: a.n]
     else:
-        held = heldout_persons()
-        people = [p for p in neutral if p.stem.rsplit("_", 1)[0] in held][: a.n]
+        held = heldout_persons(a.model)
+        people = [p for p in neutral if p.stem.rsplit("_", 1)[0] in held][:: a.every][: a.n]
         calib = [p for p in neutral if p not in people][-a.calibrate:]
     corr = calibrate(calib)
     print("template points:", {POINTS[i]: j for i, j in corr.items()})
@@ -133,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     smiles = embed_images(rec, [np.asarray(Image.open(str(p).replace("_neutral", "_smiling")).convert("RGB"))
                                 for p in people])
     configs = a.configs.split(",")
+    if a.model is not None:
+        model = str(a.model.resolve())
+        for c in configs:
+            CONFIGS[c] = [model if x == "default" else x for x in CONFIGS[c]]
+    results = {c: fit_all(people, a.out / c, a.preset, CONFIGS[c]) for c in configs}
     lmk = {"detector": []} | {c: [] for c in configs}
     ident: dict[str, dict[str, list[float]]] = {c: {"same": [], "other": []} for c in configs}
     for i, photo in enumerate(people):
@@ -140,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         iod = np.linalg.norm(h[corr[36]] - h[corr[45]])
         target = h[[corr[k] for k in POINTS]]
         for c in configs:
-            r = fit(photo, a.out / c / photo.stem, a.preset, CONFIGS[c])
+            r = results[c].get(photo.stem)
             if r is None:
                 continue
             det = np.asarray(r["landmarks"]["detected68"])[list(POINTS)]
@@ -148,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             if c == configs[0]:
                 lmk["detector"].append((det - target) / iod)
             lmk[c].append((prj - target) / iod)
-            rgba = np.asarray(Image.open(a.out / c / photo.stem / "render.png")).astype(np.float32)
+            rgba = np.asarray(Image.open(a.out / c / "fits" / photo.stem / "render.png")).astype(np.float32)
             al = rgba[..., 3:] / 255
             grey = (rgba[..., :3] * al + 128 * (1 - al)).clip(0, 255).astype(np.uint8)
             e = embed_images(rec, [grey])[0]
@@ -169,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
              "mean_unbiased": {src: float(d.mean()) for src, d in unbiased.items()},
              "fitted": {src: int(d.shape[0]) for src, d in dist.items()},
              "identity": {c: {k: float(np.mean(v)) if v else None for k, v in d.items()} for c, d in ident.items()},
-             "people": [p.stem for p in people], "preset": a.preset, "recognizer": "dlib (the fit's own: flatters it)"}
+             "people": [p.stem for p in people], "preset": a.preset,
+             "texture_model": str(a.model) if a.model else "shipped default", "recognizer": "dlib (the fit's own: flatters it)"}
     if a.json:
         print(json.dumps(table))
     else:
