@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     _json_errors = "--json-progress" in argv
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
+    if args.command == "fit" and rest and not any(r.startswith("-") for r in rest):
+        args.photo = [*(args.photo or []), *rest]  # photos given on both sides of the options
+        rest = []
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "fit":
         resolve_photos(args, ap.fit_parser)
         from .fit.run import run_cli

@@ -127,9 +127,11 @@ def seen_share(u: PhotoUnwrap, uvr: uvspace.UVRaster, model, conf_gain: float) -
 
 
 def coverage(seen: torch.Tensor, uvr: uvspace.UVRaster, model) -> float:
-    """The share of the face atlas (the ``face`` region's texels) seen above 0.5 (``seen_share``,
-    the threshold ``uvspace.lift_unseen_dark`` uses for well-seen skin)."""
-    face = (uvr.region == model.region_names.index("face"))[None]
+    """The share of the face atlas seen well: of the narrow face's texels (``uvspace.narrow_texels``
+    above 0.5: the face without ears, neck and scalp, where a photo's colours are used), those
+    whose ``seen_share`` is above 0.5 (the threshold ``uvspace.lift_unseen_dark`` uses for well-seen
+    skin)."""
+    face = uvspace.narrow_texels(uvr, model) > 0.5
     return float(((seen > 0.5) & face).sum()) / max(int(face.sum()), 1)
 
 

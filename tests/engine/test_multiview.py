@@ -1,0 +1,156 @@
+"""Several photos of one person: ``python -m engine fit A B -o OUT`` (and ``--photos DIR``) gives one
+head with a view per photo (docs/result-format.md, "Several photos")."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared_data import require_shared
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("GANFIT_SHARED", REPO.parent / "shared"))
+LONDON = ("faces", "london-canada")
+# One person, two photos; and two people whose embeddings are far apart (cosine ~0.73).
+SAME = ("london_001_neutral.jpg", "london_001_smiling.jpg")
+OTHERS = ("london_003_neutral.jpg", "london_008_neutral.jpg")
+QUICK = ("--preset", "fast", "--max-steps", "2", "--texture-res", "256", "--threads", "2")
+
+pytestmark = pytest.mark.needs_torch
+
+
+def run_engine(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=env)
+
+
+def london(name: str) -> Path:
+    return require_shared(*LONDON, name)
+
+
+@pytest.fixture(scope="module")
+def two_photos(tmp_path_factory):
+    photos = [london(n) for n in SAME]
+    out = tmp_path_factory.mktemp("mv") / "head"
+    p = run_engine("fit", *map(str, photos), "-o", str(out), *QUICK)
+    return out, photos, p
+
+
+def test_two_photos_give_one_head_with_two_views(two_photos):
+    out, photos, p = two_photos
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "result.json").read_text())
+    assert [v["photo"] for v in r["views"]] == [str(x) for x in photos]
+    assert r["photo"] == str(photos[0])  # the top level is the primary (first) photo
+    assert r["camera"] == r["views"][0]["camera"]
+    assert r["views"][0]["files"] == {"render": "render.png", "overlay": "overlay.png"}
+    assert r["views"][1]["files"] == {"render": "render-2.png", "overlay": "overlay-2.png"}
+    for v in r["views"]:
+        for name in v["files"].values():
+            assert (out / name).is_file()
+        assert 0 < v["metrics"]["landmark_error_iod"] < 0.2
+        assert v["image"]["width"] > 0 and len(v["expression"]["weights"]) == 53
+    # Every file of the folder is listed (the overwrite check relies on it).
+    assert {f.name for f in out.iterdir()} - {".ganfit-result"} == set(r["files"].values()) | {"result.json"}
+    mv = r["multi_view"]
+    assert mv["count"] == 2
+    cov = mv["coverage"]
+    assert len(cov["per_view"]) == 2 and all(0 < c <= 1 for c in cov["per_view"])
+    assert max(cov["per_view"]) <= cov["merged"] <= 1
+    check = mv["identity_check"]
+    assert check["suspect"] == [] and all(c > check["threshold"] for c in check["cosine_to_others"])
+    assert not any("someone else" in w for w in r["warnings"])
+    # The two views differ where they should (pose, expression), not in the shape.
+    w0, w1 = (np.array(v["expression"]["weights"]) for v in r["views"])
+    assert not np.allclose(w0, w1)
+
+
+def test_params_hold_one_shape_and_a_pose_per_view(two_photos):
+    out, _, p = two_photos
+    assert p.returncode == 0, p.stderr[-3000:]
+    z = np.load(out / "params.npz")
+    assert z["shape"].shape == (100,)
+    shapes = {"view_rotation": (2, 3, 3), "view_rotation_axis_angle": (2, 3), "view_translation_cm": (2, 3),
+              "view_expression": (2, 53), "view_sh": (2, 9, 3), "view_focal_px": (2,)}
+    for k, s in shapes.items():
+        assert z[k].shape == s, k
+    np.testing.assert_allclose(z["view_rotation"][0], z["rotation"], atol=1e-6)
+    np.testing.assert_allclose(z["view_expression"][0], z["expression"], atol=1e-6)
+    assert not np.allclose(z["view_translation_cm"][0], z["view_translation_cm"][1])
+    r = json.loads((out / "result.json").read_text())
+    np.testing.assert_allclose(r["shape"], z["shape"], atol=1e-6)
+
+
+def test_overwrite_replaces_a_multi_view_result(two_photos, tmp_path):
+    out, photos, p = two_photos
+    assert p.returncode == 0, p.stderr[-3000:]
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    before = json.loads((again / "result.json").read_text())
+    # Without --overwrite the folder is kept; with it, the multi-view folder is recognised and replaced.
+    p2 = run_engine("fit", str(photos[0]), "-o", str(again), *QUICK)
+    assert p2.returncode != 0 and "views" in json.loads((again / "result.json").read_text())
+    p3 = run_engine("fit", str(photos[0]), "-o", str(again), "--overwrite", *QUICK)
+    assert p3.returncode == 0, p3.stderr[-3000:]
+    r = json.loads((again / "result.json").read_text())
+    assert "views" not in r and "multi_view" not in r  # a single photo: today's format
+    assert not (again / "render-2.png").exists() and not (again / "overlay-2.png").exists()
+    assert before["views"][1]["files"]["render"] == "render-2.png"
+    z = np.load(again / "params.npz")
+    assert not any(k.startswith("view_") for k in z.files)
+
+
+def test_a_different_person_is_warned_about_not_refused(tmp_path):
+    photos = [london(n) for n in OTHERS]
+    out = tmp_path / "two-people"
+    p = run_engine("fit", *map(str, photos), "-o", str(out), *QUICK, "--max-steps", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "result.json").read_text())
+    check = r["multi_view"]["identity_check"]
+    assert check["suspect"] == [0, 1]  # two photos: each is as far from the other
+    assert all(c < check["threshold"] for c in check["cosine_to_others"])
+    msgs = [w for w in r["warnings"] if "may show someone else" in w]
+    assert len(msgs) == 2 and OTHERS[1] in msgs[1]
+    assert "may show someone else" in (out / "engine.log").read_text()
+
+
+def test_photos_folder(tmp_path):
+    src = [london(n) for n in SAME]
+    d = tmp_path / "photos"
+    d.mkdir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a photo")
+    p = run_engine("fit", "--photos", str(empty), "-o", str(tmp_path / "o1"))
+    assert p.returncode == 2 and "no image files" in p.stderr
+    assert not (tmp_path / "o1").exists()
+    p = run_engine("fit", str(src[0]), "--photos", str(d), "-o", str(tmp_path / "o2"))
+    assert p.returncode == 2 and "not both" in p.stderr
+    p = run_engine("fit", "-o", str(tmp_path / "o3"))
+    assert p.returncode == 2 and "give a photo" in p.stderr
+    # Sorted by name, only image files: b_... comes second.
+    shutil.copy(src[1], d / "b_smiling.jpg")
+    shutil.copy(src[0], d / "a_neutral.jpg")
+    (d / "readme.txt").write_text("left out")
+    out = tmp_path / "o4"
+    p = run_engine("fit", "--photos", str(d), "-o", str(out), *QUICK, "--max-steps", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "result.json").read_text())
+    assert [Path(v["photo"]).name for v in r["views"]] == ["a_neutral.jpg", "b_smiling.jpg"]
+
+
+def test_one_photo_has_no_views(tmp_path):
+    out = tmp_path / "one"
+    p = run_engine("fit", str(london(SAME[0])), "-o", str(out), *QUICK, "--max-steps", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / "result.json").read_text())
+    assert "views" not in r and "multi_view" not in r
+    assert set(r["files"]) == {"obj", "mtl", "albedo", "blendshapes", "render", "overlay", "params", "log"}
