@@ -180,12 +180,13 @@ def fit_views(env: Env, photos: list[np.ndarray], Ks: list[Intrinsics], faces: l
         starts.append(unwrap.run(env.ctx, m, cfg, cv.rough.params, cv.framed.crop, env.texture_factory, dev,
                                  exposure, cv.trust_map))
         hooks.check_cancel()
+    texture = unwrap.merged_texture(starts, env.texture_factory, dev)  # one texture for every photo
     timings["unwrap"] = time.perf_counter() - t
 
     t = time.perf_counter()
     hooks.stage("fine")
     views = [fine.FineView(cv.rough, st, cv.framed, cv.trust_map) for cv, st in zip(cvs, starts)]
-    refined = fine.run_views(env.ctx, m, cfg, views, starts[0].texture, env.recognizer, hooks, dev)
+    refined = fine.run_views(env.ctx, m, cfg, views, texture, env.recognizer, hooks, dev)
     timings["fine"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -154,3 +154,65 @@ def test_one_photo_has_no_views(tmp_path):
     r = json.loads((out / "result.json").read_text())
     assert "views" not in r and "multi_view" not in r
     assert set(r["files"]) == {"obj", "mtl", "albedo", "blendshapes", "render", "overlay", "params", "log"}
+
+
+# ------------------------------------------------------------------------------ units (no fit)
+def test_merge_takes_each_texel_from_the_photo_that_sees_it():
+    import torch
+
+    from engine.fit.stages.albedo import PhotoUnwrap, merge_unwraps
+    T = 8
+    left = torch.zeros(1, T, T)
+    left[..., : T // 2] = 1.0          # photo 1 sees the left half only, photo 2 the right half
+    right = left.flip(-1)
+    red = torch.zeros(1, T, T, 3)
+    red[..., 0] = 1
+    blue = torch.zeros(1, T, T, 3)
+    blue[..., 2] = 1
+    trust = torch.full((1, T, T), 0.8)
+    m = merge_unwraps([PhotoUnwrap(red, left, trust), PhotoUnwrap(blue, right, trust)])
+    assert torch.allclose(m.delit[0, :, : T // 2], red[0, :, : T // 2])
+    assert torch.allclose(m.delit[0, :, T // 2:], blue[0, :, T // 2:])
+    assert torch.allclose(m.conf, torch.ones(1, T, T)) and torch.allclose(m.trust, trust)
+    # Both see a texel: the weights are confidence x trust, normalised.
+    both = merge_unwraps([PhotoUnwrap(red, torch.full((1, T, T), 0.75), trust),
+                          PhotoUnwrap(blue, torch.full((1, T, T), 0.25), trust)])
+    assert torch.allclose(both.delit[0, 0, 0], torch.tensor([0.75, 0.0, 0.25]))
+    one = PhotoUnwrap(red, left, None)
+    assert merge_unwraps([one]) is one
+
+
+def test_merged_coverage_counts_what_any_photo_sees():
+    import torch
+
+    from engine import render
+    from engine.fit import uvspace
+    from engine.fit.stages.albedo import PhotoUnwrap, coverage, seen_share
+    from engine.models.facemodel import load_face_model
+    dev = torch.device("cpu")
+    model = load_face_model(dev)
+    uvr = uvspace.uv_raster(render.create_context(dev), model, 128)
+    T = uvr.res
+    conf_l = torch.zeros(1, T, T)
+    conf_l[..., : T // 2] = 0.5
+    conf_r = conf_l.flip(-1)
+    s_l = seen_share(PhotoUnwrap(torch.zeros(1, T, T, 3), conf_l, None), uvr, model, 3.0)
+    s_r = seen_share(PhotoUnwrap(torch.zeros(1, T, T, 3), conf_r, None), uvr, model, 3.0)
+    a, b = coverage(s_l, uvr, model), coverage(s_r, uvr, model)
+    merged = coverage(torch.stack([s_l, s_r]).amax(0), uvr, model)
+    assert 0.2 < a < 0.8 and 0.2 < b < 0.8
+    assert merged == pytest.approx(1.0) and merged > max(a, b)
+    # Below the threshold nothing counts (0.1 x 3 = 0.3 < 0.5).
+    assert coverage(seen_share(PhotoUnwrap(torch.zeros(1, T, T, 3), conf_l / 5, None), uvr, model, 3.0),
+                    uvr, model) == 0.0
+
+
+def test_cosines_to_others_single_out_the_odd_one():
+    import torch
+
+    from engine.fit.multiview import cosines_to_others
+    e = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.96, 0.28, 0.0]), torch.tensor([0.0, 0.0, 1.0])]
+    c = cosines_to_others(e)
+    assert c[2] == pytest.approx(0.0, abs=1e-6)
+    assert c[0] > 0.6 and c[1] > 0.6
+    assert cosines_to_others(e[:2]) == pytest.approx([0.96, 0.96], abs=1e-6)
