@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from eval_latent import FACES, POINTS, calibrate, embed_images, fit, heldout_persons, human  # noqa: E402
 
 SHEET = REPO / "docs" / "images" / "multiview" / "sheet.png"
-TILE = 128
+TILE = 160
 
 
 def people(n: int, all_people: bool, n_calibrate: int) -> tuple[list[Path], list[Path]]:
@@ -94,18 +94,19 @@ def cos(a, b) -> float | None:
     return None if a is None or b is None else float(a @ b)
 
 
-def tile(path: Path, square: bool = False):
-    """A TILE-high thumbnail (the face's square crop of a photo-sized image, or an atlas)."""
+def tile(path: Path, box: list[float] | None = None):
+    """A TILE-sized thumbnail: of a photo-sized image, the square around the face ``box`` (x0, y0,
+    x1, y1, photo pixels; 1.8 x its size); an atlas whole."""
     from PIL import Image
     im = Image.open(path).convert("RGB")
-    if square:
-        side = min(im.size)
-        im = im.crop(((im.width - side) // 2, (im.height - side) // 2,
-                      (im.width + side) // 2, (im.height + side) // 2))
+    if box is not None:
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        half = 0.9 * max(box[2] - box[0], box[3] - box[1])
+        im = im.crop((int(cx - half), int(cy - half), int(cx + half), int(cy + half)))
     return im.resize((TILE, TILE), Image.Resampling.LANCZOS)
 
 
-def contact_sheet(rows: list[list[Path | None]], labels: list[str], path: Path) -> None:
+def contact_sheet(rows: list[list[tuple[Path, list[float] | None]]], labels: list[str], path: Path) -> None:
     from PIL import Image, ImageDraw
     cols = max(len(r) for r in rows)
     head = 14
@@ -114,9 +115,9 @@ def contact_sheet(rows: list[list[Path | None]], labels: list[str], path: Path) 
     for j, text in enumerate(labels):
         d.text((j * TILE + 3, 1), text, fill=(0, 0, 0))
     for i, row in enumerate(rows):
-        for j, p in enumerate(row):
-            if p is not None and p.is_file():
-                sheet.paste(tile(p, square="albedo" not in p.name), (j * TILE, head + i * TILE))
+        for j, (p, box) in enumerate(row):
+            if p.is_file():
+                sheet.paste(tile(p, box), (j * TILE, head + i * TILE))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
@@ -172,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             "identity_check": rb["multi_view"]["identity_check"]["cosine_to_others"],
             "seconds": {"a": ra["timings"]["total"], "b": rb["timings"]["total"]},
         })
-        sheet_rows.append([neutral, smiling, single / "overlay.png", single / "albedo.png",
-                           multi / "overlay.png", multi / "overlay-2.png", multi / "albedo.png"])
+        bn, bs = vb[0]["face"]["box"], vb[1]["face"]["box"]
+        sheet_rows.append([(neutral, bn), (smiling, bs), (single / "overlay.png", ra["face"]["box"]),
+                           (single / "albedo.png", None), (multi / "overlay.png", bn),
+                           (multi / "overlay-2.png", bs), (multi / "albedo.png", None)])
         print(f"  {i + 1}/{len(chosen)} {neutral.stem}", file=sys.stderr)
     if not rows:
         print("every fit failed", file=sys.stderr)
