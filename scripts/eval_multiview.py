@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from eval_latent import FACES, POINTS, calibrate, embed_images, fit, heldout_persons, human  # noqa: E402
+from eval_latent import FACES, POINTS, calibrate, embed_images, heldout_persons, human  # noqa: E402
 
 SHEET = REPO / "docs" / "images" / "multiview" / "sheet.png"
 TILE = 160
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         smiling = smiling_of(neutral)
         single = a.out / "single" / neutral.stem
         multi = a.out / "multi" / neutral.stem
-        ra = fit(neutral, single, a.preset, extra)
+        ra = fit_photos([neutral], single, a.preset, extra)
         rb = fit_photos([neutral, smiling], multi, a.preset, extra)
         if ra is None or rb is None:
             continue
