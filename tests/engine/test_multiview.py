@@ -98,6 +98,10 @@ def test_overwrite_replaces_a_multi_view_result(two_photos, tmp_path):
     # Without --overwrite the folder is kept; with it, the multi-view folder is recognised and replaced.
     p2 = run_engine("fit", str(photos[0]), "-o", str(again), *QUICK)
     assert p2.returncode != 0 and "views" in json.loads((again / "result.json").read_text())
+    p3 = run_engine("fit", *map(str, reversed(photos)), "-o", str(again), "--overwrite", *QUICK, "--max-steps", "1")
+    assert p3.returncode == 0, p3.stderr[-3000:]
+    r = json.loads((again / "result.json").read_text())
+    assert [v["photo"] for v in r["views"]] == [str(x) for x in reversed(photos)]
     p3 = run_engine("fit", str(photos[0]), "-o", str(again), "--overwrite", *QUICK)
     assert p3.returncode == 0, p3.stderr[-3000:]
     r = json.loads((again / "result.json").read_text())
