@@ -69,9 +69,11 @@ def _fit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "one head: one shape and texture, a pose, expression, lighting and "
                                    "camera per photo, the albedo merged from all of them; the first "
                                    "photo is the primary view (docs/result-format.md, 'Several photos').")
-    p.add_argument("photo", nargs="*",
-                   help="the photo (JPEG, PNG, ...), or several photos of one person; EXIF "
-                        "orientation is applied")
+    p.add_argument("photo", nargs="?", metavar="PHOTO",
+                   help="the photo (JPEG, PNG, ...); EXIF orientation is applied")
+    p.add_argument("more_photos", nargs="*", metavar="MORE",
+                   help="more photos of the same person: one head fitted to all of them (the first "
+                        "photo is the primary view)")
     p.add_argument("--photos", metavar="DIR",
                    help="fit every image file in DIR (sorted by name) as photos of one person, "
                         "instead of listing them")
@@ -117,11 +119,11 @@ def _fit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def resolve_photos(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """``fit``'s photos as one list, ``args.photos`` (and ``args.photo`` the first): the listed
+    """``fit``'s photos as one list, ``args.photos`` (``args.photo`` stays the first): the listed
     ones, or the image files of ``--photos DIR`` sorted by name. A usage error (exit 2) for none,
     for both ways at once, and for a folder with no image file."""
     from pathlib import Path
-    listed = list(args.photo or [])
+    listed = ([args.photo] if args.photo else []) + list(args.more_photos or [])
     if args.photos is not None and listed:
         parser.error("give the photos either as arguments or with --photos DIR, not both")
     if args.photos is not None:
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     _json_errors = "--json-progress" in argv
     args, rest = ap.parse_known_args(argv)
     if args.command == "fit" and rest and not any(r.startswith("-") for r in rest):
-        args.photo = [*(args.photo or []), *rest]  # photos given on both sides of the options
+        args.more_photos = [*(args.more_photos or []), *rest]  # photos on both sides of the options
         rest = []
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")

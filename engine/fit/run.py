@@ -351,12 +351,12 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
 
 
 def photo_list(args: argparse.Namespace) -> list[str]:
-    """The photos of a ``fit`` command line (``cli.resolve_photos``): ``args.photos``, else the one
-    ``args.photo``."""
+    """The photos of a ``fit`` command line: ``args.photos`` (``cli.resolve_photos``), else
+    ``args.photo`` and ``args.more_photos`` as parsed."""
     photos = getattr(args, "photos", None)
     if isinstance(photos, list) and photos:
         return photos
-    return [args.photo[0] if isinstance(args.photo, list) else args.photo]
+    return [args.photo, *(getattr(args, "more_photos", None) or [])]
 
 
 def photo_camera(photo_path: Path, width: int, height: int, focal_35mm: float | None, cfg,
