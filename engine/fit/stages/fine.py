@@ -118,8 +118,8 @@ def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed,
 
 def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, recognizer, hooks: Hooks,
               device) -> list[FineResult]:
-    """The fine stage on one or more photos of one person: ONE shape (the first view's coarse
-    shape to start) and ONE ``texture``, a pose, expression and lighting per view. The loss is the
+    """The fine stage on one or more photos of one person: ONE shape (the mean of the views' coarse
+    shapes to start) and ONE ``texture``, a pose, expression and lighting per view. The loss is the
     sum over the views of their photo terms (identity, content, pixel, landmarks) and their own
     expression and lighting priors, plus the shape and texture priors once.
 
@@ -128,8 +128,10 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
     first fitted alone with the lighting (``cfg.fine.latent_first`` of the steps), then with the
     geometry (GANFit's schedule). Returns one result per view (the texture is the same object)."""
     W, fc = cfg.weights, cfg.fine
-    shape = views[0].coarse.params.shape.detach().clone().requires_grad_(
-        views[0].coarse.params.shape.requires_grad)
+    # The shared shape starts at the mean of the photos' own coarse shapes (one photo: its own).
+    c0 = views[0].coarse.params.shape
+    start = c0 if len(views) == 1 else torch.stack([v.coarse.params.shape for v in views]).mean(0)
+    shape = start.detach().clone().requires_grad_(c0.requires_grad)
     rec = recognizer if cfg.identity else None
     if rec is not None:
         from ...perception.align import warp
