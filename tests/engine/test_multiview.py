@@ -220,3 +220,23 @@ def test_cosines_to_others_single_out_the_odd_one():
     assert c[2] == pytest.approx(0.0, abs=1e-6)
     assert c[0] > 0.6 and c[1] > 0.6
     assert cosines_to_others(e[:2]) == pytest.approx([0.96, 0.96], abs=1e-6)
+
+
+def test_merge_leaves_an_occluded_part_to_the_other_photo():
+    import torch
+
+    from engine.fit.stages.albedo import PhotoUnwrap, merge_unwraps
+    T = 4
+    conf, trust = torch.full((1, T, T), 0.9), torch.full((1, T, T), 0.7)
+    red, blue = torch.zeros(1, T, T, 3), torch.zeros(1, T, T, 3)
+    red[..., 0], blue[..., 2] = 1, 1
+    hand = torch.ones(1, T, T)
+    hand[0, 0, 0] = 0.0                       # photo 1 has an occluder on texel (0, 0)
+    m = merge_unwraps([PhotoUnwrap(red, conf, trust, hand), PhotoUnwrap(blue, conf, trust, torch.ones(1, T, T))])
+    assert torch.allclose(m.delit[0, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(m.delit[0, 1, 1], torch.tensor([0.5, 0.0, 0.5]))
+    # The occluder weight decides between the photos only: confidence and trust keep their meaning.
+    assert torch.allclose(m.conf, conf) and torch.allclose(m.trust, trust)
+    # Occluded in every photo: weighed as if there were no occluder weight.
+    both = merge_unwraps([PhotoUnwrap(red, conf, trust, hand), PhotoUnwrap(blue, conf, trust, hand)])
+    assert torch.allclose(both.delit[0, 0, 0], torch.tensor([0.5, 0.0, 0.5]))

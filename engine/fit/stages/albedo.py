@@ -47,15 +47,20 @@ class PhotoUnwrap:
     delit: torch.Tensor                   # (1, T, T, 3) linear, the photo divided by its shading
     conf: torch.Tensor                    # (1, T, T) viewing angle x visibility x narrow face
     trust: torch.Tensor | None            # (1, T, T) the photo's trust per texel, or None
+    # (1, T, T) the fine stage's occluder weight per texel (its robust weights), or None: used only
+    # to weigh the photos against each other (``merge_unwraps``).
+    occluder: torch.Tensor | None = None
 
 
 def unwrap_photo(ctx, model, cfg, p: FitParams, texture: TextureModel, photo: np.ndarray,
                  K_full: Intrinsics, crop: Crop, outline: np.ndarray | None, device, uvr: uvspace.UVRaster,
-                 exposure: float = 1.0, det68: np.ndarray | None = None) -> PhotoUnwrap:
+                 exposure: float = 1.0, det68: np.ndarray | None = None,
+                 occluder: torch.Tensor | None = None) -> PhotoUnwrap:
     """The photo around the face at (up to) native resolution, unwrapped into ``uvr`` on the
     geometry of ``p`` and de-lit with its lighting. With ``det68`` (full-res landmarks),
     ``cfg.fine.trust`` and a texture model that takes it, the photo's trust per texel
-    (``trust.skin_trust`` on the full-resolution crop, unwrapped like the photo)."""
+    (``trust.skin_trust`` on the full-resolution crop, unwrapped like the photo). ``occluder``:
+    (1, h, w) weights on the fit's crop (the fine stage's robust weights), unwrapped too."""
     ac = cfg.albedo
     hi_res = int(min(max(crop.side, ac.photo_res_min), ac.photo_res_max))
     center = np.array([crop.x0 + crop.side / 2, crop.y0 + crop.side / 2])
@@ -72,7 +77,14 @@ def unwrap_photo(ctx, model, cfg, p: FitParams, texture: TextureModel, photo: np
         t_uv, _ = uvspace.unwrap(t_img[..., None].expand(-1, -1, -1, 3).contiguous(), hi.face_valid,
                                  depth, hi.K, pos, nrm, mask)
         trust_uv = t_uv[..., 0]
-    return PhotoUnwrap(delit, conf, trust_uv)
+    occ_uv = None
+    if occluder is not None:
+        o_img = F.interpolate(occluder[:, None].float(), size=hi.image.shape[1:3], mode="bilinear",
+                              align_corners=False)[:, 0].clamp(0, 1)
+        o_uv, _ = uvspace.unwrap(o_img[..., None].expand(-1, -1, -1, 3).contiguous(), hi.face_valid,
+                                 depth, hi.K, pos, nrm, mask)
+        occ_uv = o_uv[..., 0]
+    return PhotoUnwrap(delit, conf, trust_uv, occ_uv)
 
 
 def fitted_atlas(ctx, model, cfg, texture: TextureModel) -> tuple[torch.Tensor, uvspace.UVRaster]:
@@ -98,18 +110,24 @@ def final_albedo(ctx, model, cfg, p: FitParams, texture: TextureModel, photo: np
 
 
 def merge_unwraps(unwraps: list[PhotoUnwrap]) -> PhotoUnwrap:
-    """Several photos' unwraps as one: per texel, each photo's weight is its confidence x trust
-    (viewing angle x visibility x the skin/occluder weight), normalised over the photos, so the
-    photo that sees a texel best gives most of its colour and a side one photo cannot see comes
-    from another. The merged confidence and trust are the weighted means (their product is at
-    least the mean and at most the best photo's)."""
+    """Several photos' unwraps as one: per texel, each photo's weight is its confidence x trust x
+    occluder weight (viewing angle x visibility x the skin model x what the fit could not explain),
+    normalised over the photos, so the photo that sees a texel best gives most of its colour and a
+    side one photo cannot see, or a hand covers, comes from another. The merged confidence and trust
+    are the weighted means of the photos' (their product is at least the mean and at most the best
+    photo's); the occluder weight only decides between the photos."""
     if len(unwraps) == 1:
         return unwraps[0]
     c = torch.stack([u.conf for u in unwraps])                          # (N, 1, T, T)
     has_trust = all(u.trust is not None for u in unwraps)
     t = torch.stack([u.trust for u in unwraps]) if has_trust else torch.ones_like(c)
     w = c * t
-    a = w / w.sum(0, keepdim=True).clamp_min(1e-6)
+    if all(u.occluder is not None for u in unwraps):
+        wo = w * torch.stack([u.occluder for u in unwraps])
+        w_pick = torch.where(wo.sum(0, keepdim=True) > 1e-6, wo, w)  # all occluded: as if none were
+    else:
+        w_pick = w
+    a = w_pick / w_pick.sum(0, keepdim=True).clamp_min(1e-6)
     delit = (a[..., None] * torch.stack([u.delit for u in unwraps])).sum(0)
     conf = (a * c).sum(0)
     trust_m = ((a * w).sum(0) / conf.clamp_min(1e-6)).clamp(0, 1) if has_trust else None
@@ -144,9 +162,11 @@ def run_views(ctx, model, cfg, fines: list[FineResult], frameds: list[Framed], p
     texture = fines[0].texture
     with torch.no_grad():
         fitted, uvr = fitted_atlas(ctx, model, cfg, texture)
+        # Each photo's trust includes its occluder weight (the fine stage's robust weights), so a
+        # hand or a strand of hair in one photo leaves that part to the others.
         unwraps = [unwrap_photo(ctx, model, cfg, f.params, texture, ph, K, fr.crop, fr.outline, device, uvr,
-                                ex, d) for f, fr, ph, K, d, ex in zip(fines, frameds, photos, K_fulls, det68s,
-                                                                      exposures)]
+                                ex, d, occluder=f.robust)
+                   for f, fr, ph, K, d, ex in zip(fines, frameds, photos, K_fulls, det68s, exposures)]
         merged = merge_unwraps(unwraps)
         gain = cfg.albedo.conf_gain
         albedo = texture.final_albedo(fitted, merged.delit, merged.conf, uvr, model, gain, trust=merged.trust,

@@ -36,6 +36,9 @@ class FineResult:
     metrics: dict[str, float]          # landmark_error_iod, masked_l1, identity_cosine(_init)
     proj68: np.ndarray                 # (68, 2) crop pixels (jaw: closest point on the jawline)
     history: dict[str, list[tuple[int, float]]]
+    # (1, H, W) the last robust (Geman-McClure) weights of the pixel residuals on the crop: what the
+    # model could not explain (an occluder); None without a trust map.
+    robust: torch.Tensor | None = None
 
 
 def render_crop(ctx, model, cfg, p: FitParams, albedo: torch.Tensor, crop: Crop,
@@ -239,5 +242,6 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
             metrics = dict(f.metrics)
             metrics["landmark_error_iod"] = float(err)
             metrics["masked_l1"] = final["pixel_l1"]
-            results.append(FineResult(p, texture, final, metrics, proj68, history))
+            results.append(FineResult(p, texture, final, metrics, proj68, history,
+                                      f.robust if f.v.trust_map is not None else None))
     return results
