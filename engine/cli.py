@@ -74,7 +74,7 @@ def _fit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("more_photos", nargs="*", metavar="MORE",
                    help="more photos of the same person: one head fitted to all of them (the first "
                         "photo is the primary view)")
-    p.add_argument("--photos", metavar="DIR",
+    p.add_argument("--photos", metavar="DIR", dest="photos_dir",
                    help="fit every image file in DIR (sorted by name) as photos of one person, "
                         "instead of listing them")
     p.add_argument("-o", "--output", required=True, help="result folder to create")
@@ -123,21 +123,23 @@ def resolve_photos(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     ones, or the image files of ``--photos DIR`` sorted by name. A usage error (exit 2) for none,
     for both ways at once, and for a folder with no image file."""
     from pathlib import Path
+
+    from .batch.plan import PHOTO_EXT  # the image files a folder holds, as `batch` takes them
     listed = ([args.photo] if args.photo else []) + list(args.more_photos or [])
-    if args.photos is not None and listed:
+    d = args.photos_dir
+    if d is not None and listed:
         parser.error("give the photos either as arguments or with --photos DIR, not both")
-    if args.photos is not None:
-        from .fit.multiview import PHOTO_EXT, photo_files
-        folder = Path(args.photos).expanduser()
+    if d is not None:
+        folder = Path(d).expanduser()
         if not folder.is_dir():
-            parser.error(f"--photos: not a folder: {args.photos}")
+            parser.error(f"--photos: not a folder: {d}")
         try:
-            found = photo_files(folder)
+            found = sorted(p for p in folder.iterdir()
+                           if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in PHOTO_EXT)
         except OSError as e:
-            parser.error(f"--photos: cannot read {args.photos}: {e.strerror or e}")
+            parser.error(f"--photos: cannot read {d}: {e.strerror or e}")
         if not found:
-            parser.error(f"--photos: no image files in {args.photos} (looked for "
-                         f"{', '.join(sorted(PHOTO_EXT))})")
+            parser.error(f"--photos: no image files in {d} (looked for {', '.join(sorted(PHOTO_EXT))})")
         listed = [str(p) for p in found]
     if not listed:
         parser.error("give a photo (or several of one person, or --photos DIR)")

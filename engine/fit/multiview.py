@@ -1,5 +1,5 @@
-"""Several photos of one person (``python -m engine fit A.jpg B.jpg ...``): the photo list, and
-the identity check that warns when a photo seems to show someone else.
+"""Several photos of one person (``python -m engine fit A.jpg B.jpg ...``, the photo list made by
+``cli.resolve_photos``): the identity check that warns when a photo seems to show someone else.
 
 The fit itself is the single-photo pipeline with lists: ``pipeline.run_views`` detects and
 coarse-fits each photo on its own, ``stages/fine.run_views`` fits one shape and one texture to
@@ -10,13 +10,8 @@ photos").
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-
-# Image files a photo folder (``--photos DIR``) contributes, as the batch command collects them.
-from ..batch.plan import PHOTO_EXT
 
 # Below this cosine between a photo's recogniser embedding and the mean of the other photos'
 # embeddings, the photo is flagged as maybe someone else. From the London set (87 people with a
@@ -27,12 +22,6 @@ from ..batch.plan import PHOTO_EXT
 # midpoint because photos of one person at different angles and light (which London lacks)
 # agree less than a frontal neutral/smiling pair.
 IDENTITY_THRESHOLD = 0.92
-
-
-def photo_files(folder: Path) -> list[Path]:
-    """The image files of ``folder`` (not recursive, hidden files left out), sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in PHOTO_EXT)
 
 
 @torch.no_grad()
