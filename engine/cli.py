@@ -61,11 +61,22 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _fit_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="fit one photo and write a result folder",
+def _fit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("fit", help="fit one photo (or several of one person) and write a result folder",
                        description="Fit the ICT face model, texture, camera and lighting to one photo "
-                                   "(GANFit-style) and write a result folder (docs/result-format.md).")
-    p.add_argument("photo", help="the photo (JPEG, PNG, ...); EXIF orientation is applied")
+                                   "(GANFit-style) and write a result folder (docs/result-format.md). "
+                                   "Several photos of ONE person (PHOTO PHOTO ... or --photos DIR) give "
+                                   "one head: one shape and texture, a pose, expression, lighting and "
+                                   "camera per photo, the albedo merged from all of them; the first "
+                                   "photo is the primary view (docs/result-format.md, 'Several photos').")
+    p.add_argument("photo", nargs="?", metavar="PHOTO",
+                   help="the photo (JPEG, PNG, ...); EXIF orientation is applied")
+    p.add_argument("more_photos", nargs="*", metavar="MORE",
+                   help="more photos of the same person: one head fitted to all of them (the first "
+                        "photo is the primary view)")
+    p.add_argument("--photos", metavar="DIR", dest="photos_dir",
+                   help="fit every image file in DIR (sorted by name) as photos of one person, "
+                        "instead of listing them")
     p.add_argument("-o", "--output", required=True, help="result folder to create")
     p.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET,
                    help=f"speed/quality trade-off (default: {DEFAULT_PRESET})")
@@ -104,6 +115,36 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing result folder")
     p.add_argument("--preview-every", type=_whole(0), default=0,
                    help="send a preview image every N steps (0 = a few per run with --json-progress)")
+    return p
+
+
+def resolve_photos(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``fit``'s photos as one list, ``args.photos`` (``args.photo`` stays the first): the listed
+    ones, or the image files of ``--photos DIR`` sorted by name. A usage error (exit 2) for none,
+    for both ways at once, and for a folder with no image file."""
+    from pathlib import Path
+
+    from .batch.plan import PHOTO_EXT  # the image files a folder holds, as `batch` takes them
+    listed = ([args.photo] if args.photo else []) + list(args.more_photos or [])
+    d = args.photos_dir
+    if d is not None and listed:
+        parser.error("give the photos either as arguments or with --photos DIR, not both")
+    if d is not None:
+        folder = Path(d).expanduser()
+        if not folder.is_dir():
+            parser.error(f"--photos: not a folder: {d}")
+        try:
+            found = sorted(p for p in folder.iterdir()
+                           if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in PHOTO_EXT)
+        except OSError as e:
+            parser.error(f"--photos: cannot read {d}: {e.strerror or e}")
+        if not found:
+            parser.error(f"--photos: no image files in {d} (looked for {', '.join(sorted(PHOTO_EXT))})")
+        listed = [str(p) for p in found]
+    if not listed:
+        parser.error("give a photo (or several of one person, or --photos DIR)")
+    args.photos = listed
+    args.photo = listed[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=__version__)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _fit_parser(sub)
+    ap.fit_parser = _fit_parser(sub)
     from .batch.cli import add_parser as add_batch_parser
     add_batch_parser(sub)
 
@@ -143,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     _json_errors = "--json-progress" in argv
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
+    if args.command == "fit" and rest and not any(r.startswith("-") for r in rest):
+        args.more_photos = [*(args.more_photos or []), *rest]  # photos on both sides of the options
+        rest = []
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "fit":
+        resolve_photos(args, ap.fit_parser)
         from .fit.run import run_cli
         return run_cli(args)
     if args.command == "batch":

@@ -62,9 +62,46 @@ def albedo_png(albedo_lin: torch.Tensor) -> Image.Image:
     return Image.fromarray((srgb.cpu().numpy() * 255 + 0.5).astype(np.uint8))
 
 
+def render_and_overlay(out_dir: Path, ctx, model, st, albedo: torch.Tensor, K, photo: np.ndarray,
+                       render_name: str = "render.png", overlay_name: str = "overlay.png") -> np.ndarray:
+    """Write the head rendered in the photo's camera (RGBA) and composited over the photo;
+    returns the overlay."""
+    rgba = render_full(ctx, model, st, albedo, K)
+    Image.fromarray(rgba, "RGBA").save(out_dir / render_name, compress_level=4)
+    a = rgba[..., 3:4].astype(np.float32) / 255
+    overlay = (rgba[..., :3].astype(np.float32) * a + photo.astype(np.float32) * (1 - a) + 0.5).clip(0, 255).astype(np.uint8)
+    Image.fromarray(overlay).save(out_dir / overlay_name, compress_level=4)
+    return overlay
+
+
+def photo_entries(fit: FitOutput, model: FaceModel, info: dict) -> dict:
+    """The result.json keys that describe one photo's view of the head: photo, image, camera,
+    lighting, expression, landmarks, face (top level: the primary photo; ``views``: each)."""
+    st = fit.state
+    R = rotation_matrix(st.rot.detach())[0].cpu().numpy()
+    t = st.trans.detach()[0].cpu().numpy()
+    K = fit.K_full
+    return {
+        "photo": info["photo"],
+        "image": {"width": K.width, "height": K.height},
+        "camera": {**K.as_dict(), "focal_source": info.get("focal_source", "default"),
+                   "world_to_camera": world_to_camera_matrix(R, t, model.metres_per_unit).tolist(),
+                   "near": 0.05, "far": 10.0},
+        "lighting": {"model": "sh2", "coefficients": st.sh.detach()[0].cpu().numpy().tolist(),
+                     "note": "irradiance = sh_basis(n_camera) @ coefficients, see engine/lighting.py"},
+        "expression": {"names": model.expression_names,
+                       "weights": st.expr[0].detach().cpu().numpy().astype(np.float32).tolist()},
+        "landmarks": {"scheme": info.get("landmark_scheme", "ibug68"),
+                      "detected68": np.round(fit.det68, 2).tolist(),
+                      "projected68": np.round(fit.proj68, 2).tolist()},
+        "face": info.get("face", {}),
+    }
+
+
 def write_result(out_dir: Path, fit: FitOutput, model: FaceModel, ctx, photo: np.ndarray, info: dict,
-                 report: bool = False) -> dict:
-    """Write every result file into ``out_dir`` (which exists). Returns the result.json dict."""
+                 report: bool = False, extra_params: dict | None = None) -> dict:
+    """Write every result file into ``out_dir`` (which exists). Returns the result.json dict.
+    ``extra_params``: more params.npz arrays (a multi-photo fit's ``view_*``)."""
     st = fit.state
     m = model.metres_per_unit
     with torch.no_grad():
@@ -84,11 +121,7 @@ def write_result(out_dir: Path, fit: FitOutput, model: FaceModel, ctx, photo: np
     np.savez_compressed(out_dir / "blendshapes.npz", neutral=neutral_all.astype(np.float32),
                         deltas=deltas.astype(np.float16), names=names, weights=weights)
 
-    rgba = render_full(ctx, model, st, fit.albedo, fit.K_full)
-    Image.fromarray(rgba, "RGBA").save(out_dir / "render.png", compress_level=4)
-    a = rgba[..., 3:4].astype(np.float32) / 255
-    overlay = (rgba[..., :3].astype(np.float32) * a + photo.astype(np.float32) * (1 - a) + 0.5).clip(0, 255).astype(np.uint8)
-    Image.fromarray(overlay).save(out_dir / "overlay.png", compress_level=4)
+    overlay = render_and_overlay(out_dir, ctx, model, st, fit.albedo, fit.K_full, photo)
 
     R = rotation_matrix(st.rot.detach())[0].cpu().numpy()
     t = st.trans.detach()[0].cpu().numpy()
@@ -99,24 +132,16 @@ def write_result(out_dir: Path, fit: FitOutput, model: FaceModel, ctx, photo: np
                   focal_px=np.float32(K.fx), sh=sh, texture_model=np.array(fit.texture.name))
     if hasattr(fit.texture, "latent"):
         params["texture_latent"] = fit.texture.latent.detach().cpu().numpy()
+    params.update(extra_params or {})
     np.savez(out_dir / "params.npz", **params)
 
+    view = photo_entries(fit, model, info)
     result = {
         "schema": SCHEMA,
         "engine": __version__,
-        "photo": info["photo"],
-        "image": {"width": K.width, "height": K.height},
-        "camera": {**K.as_dict(), "focal_source": info.get("focal_source", "default"),
-                   "world_to_camera": world_to_camera_matrix(R, t, m).tolist(),
-                   "near": 0.05, "far": 10.0},
-        "lighting": {"model": "sh2", "coefficients": sh.tolist(),
-                     "note": "irradiance = sh_basis(n_camera) @ coefficients, see engine/lighting.py"},
-        "expression": {"names": model.expression_names, "weights": weights.tolist()},
+        **{k: view[k] for k in ("photo", "image", "camera", "lighting", "expression")},
         "shape": st.shape.detach()[0].cpu().numpy().tolist(),
-        "landmarks": {"scheme": info.get("landmark_scheme", "ibug68"),
-                      "detected68": np.round(fit.det68, 2).tolist(),
-                      "projected68": np.round(fit.proj68, 2).tolist()},
-        "face": info.get("face", {}),
+        **{k: view[k] for k in ("landmarks", "face")},
         "losses": fit.losses,
         "metrics": fit.metrics,
         "timings": info.get("timings", {}),
@@ -135,6 +160,39 @@ def write_result(out_dir: Path, fit: FitOutput, model: FaceModel, ctx, photo: np
         from .report import write_report
         write_report(out_dir / "report.png", photo, overlay, np.asarray(albedo_img), fit.history, fit.metrics)
         result["files"]["report"] = "report.png"
+    return result
+
+
+def view_params(fits: list[FitOutput]) -> dict[str, np.ndarray]:
+    """params.npz's per-photo arrays of a multi-photo fit: view_rotation (N, 3, 3),
+    view_rotation_axis_angle (N, 3), view_translation_cm (N, 3), view_expression (N, 53),
+    view_sh (N, 9, 3), view_focal_px (N,)."""
+    st = [f.state for f in fits]
+    return {"view_rotation": np.stack([rotation_matrix(s.rot.detach())[0].cpu().numpy() for s in st]),
+            "view_rotation_axis_angle": np.stack([s.rot.detach()[0].cpu().numpy() for s in st]),
+            "view_translation_cm": np.stack([s.trans.detach()[0].cpu().numpy() for s in st]),
+            "view_expression": np.stack([s.expr.detach()[0].cpu().numpy().astype(np.float32) for s in st]),
+            "view_sh": np.stack([s.sh.detach()[0].cpu().numpy() for s in st]),
+            "view_focal_px": np.array([f.K_full.fx for f in fits], np.float32)}
+
+
+def write_views(out_dir: Path, result: dict, fits: list[FitOutput], model: FaceModel, ctx,
+                photos: list[np.ndarray], infos: list[dict], multi_view: dict) -> dict:
+    """A multi-photo fit's additions to a result written by ``write_result`` (for the first photo,
+    with ``view_params``): render-k.png / overlay-k.png for photos k = 2.., the ``views`` list and
+    ``multi_view`` (docs/result-format.md, "Several photos"). Returns ``result``, updated."""
+    views = []
+    for k, (fit, photo, info) in enumerate(zip(fits, photos, infos), start=1):
+        files = {"render": "render.png", "overlay": "overlay.png"}
+        if k > 1:
+            files = {"render": f"render-{k}.png", "overlay": f"overlay-{k}.png"}
+            render_and_overlay(out_dir, ctx, model, fit.state, fit.albedo, fit.K_full, photo,
+                               files["render"], files["overlay"])
+            result["files"][f"render-{k}"] = files["render"]
+            result["files"][f"overlay-{k}"] = files["overlay"]
+        views.append({**photo_entries(fit, model, info), "metrics": fit.metrics, "files": files})
+    result["views"] = views
+    result["multi_view"] = multi_view
     return result
 
 

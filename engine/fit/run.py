@@ -156,9 +156,10 @@ def run_cli(args: argparse.Namespace) -> int:
         # Everything about the output and the photo that can be known is checked before the fit
         # (engine/io/output.py, docs/result-format.md "What the engine will never do").
         out = output.output_path(args.output)
-        photo = Path(args.photo).expanduser().absolute()
-        output.check_output(out, photo, overwrite=args.overwrite)
-        output.check_photo(photo)
+        for name in photo_list(args):
+            photo = Path(name).expanduser().absolute()
+            output.check_output(out, photo, overwrite=args.overwrite)
+            output.check_photo(photo)
         work, created = output.prepare(out)
         file_handler = logging.FileHandler(work / "engine.log", encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -258,17 +259,25 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     log.info("engine %s, torch %s, device %s, backend %s, %d threads", __version__, torch.__version__,
              device, ctx.backend, threads)
     run.set_stage("load")
-    photo_path = Path(args.photo).expanduser().absolute()
+    photo_paths = [Path(p).expanduser().absolute() for p in photo_list(args)]
+    photo_path = photo_paths[0]
     t = time.perf_counter()
-    photo = load_photo(photo_path)
-    run.check_cancel()
+    photos = []
+    for p in photo_paths:
+        photos.append(load_photo(p))
+        run.check_cancel()
+    photo = photos[0]
     H, W = photo.shape[:2]
     cfg = get_config(args.preset, seed=args.seed, texture_res=args.texture_res,
                      fit_expression=not args.neutral).capped(args.max_steps)
     if getattr(args, "detail", None) is not None:
         from dataclasses import replace as _replace
         cfg = _replace(cfg, albedo=_replace(cfg.albedo, detail=args.detail))
-    K_full, focal_source = photo_camera(photo_path, W, H, args.focal_35mm, cfg, run.warn)
+    multi = len(photos) > 1
+    cams = [photo_camera(p, ph.shape[1], ph.shape[0], args.focal_35mm, cfg,
+                         (lambda w, n=p.name: run.warn(f"{n}: {w}")) if multi else run.warn)
+            for p, ph in zip(photo_paths, photos)]
+    K_full, focal_source = cams[0]
     if args.recognizer == "none":
         from dataclasses import replace
         cfg = replace(cfg, identity=False)
@@ -277,6 +286,10 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     if cfg.identity:
         from ..perception.recognizer import load_recognizer
         recognizer = load_recognizer(args.recognizer, path=args.recognizer_path, device=device)
+    check_recognizer = recognizer
+    if multi and recognizer is None and args.recognizer != "none":  # the identity check only
+        from ..perception.recognizer import load_recognizer
+        check_recognizer = load_recognizer(args.recognizer, path=args.recognizer_path, device=device)
     env = pipeline.Env(model, cfg, ctx, device, recognizer, _texture_factory(args, device, cfg, run.warn))
     timings["load"] = time.perf_counter() - t
     run.check_cancel()
@@ -308,9 +321,16 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
         "models": {"face_model": "ict-facekit-light", "landmarks": args.landmarks,
                    "recognizer": recognizer.name if recognizer is not None else None},
     }
-    fit, result = pipeline.run(env, photo, K_full, work, info, landmarks=args.landmarks,
-                               face_index=args.face_index, photo_path=photo_path, report=args.report,
-                               hooks=hooks)
+    if multi:
+        info["views"] = [{"photo": str(p), "focal_source": fs} for p, (_, fs) in zip(photo_paths, cams)]
+        mf, result = pipeline.run_views(env, photos, [K for K, _ in cams], work, info, photo_paths,
+                                        landmarks=args.landmarks, face_index=args.face_index,
+                                        report=args.report, hooks=hooks, check_recognizer=check_recognizer)
+        fit = mf.views[0]
+    else:
+        fit, result = pipeline.run(env, photo, K_full, work, info, landmarks=args.landmarks,
+                                   face_index=args.face_index, photo_path=photo_path, report=args.report,
+                                   hooks=hooks)
     timings.update(fit.timings)
     timings["total"] = time.perf_counter() - run.t_start
     result["timings"] = {k: round(v, 3) for k, v in timings.items()}
@@ -328,6 +348,15 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     run.emit.send("result", dir=str(out), result_json=str(out / "result.json"), summary=summary,
                   warnings=list(run.warnings))
     return True
+
+
+def photo_list(args: argparse.Namespace) -> list[str]:
+    """The photos of a ``fit`` command line: ``args.photos`` (``cli.resolve_photos``), else
+    ``args.photo`` and ``args.more_photos`` as parsed."""
+    photos = getattr(args, "photos", None)
+    if isinstance(photos, list) and photos:
+        return photos
+    return [args.photo, *(getattr(args, "more_photos", None) or [])]
 
 
 def photo_camera(photo_path: Path, width: int, height: int, focal_35mm: float | None, cfg,

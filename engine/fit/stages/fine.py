@@ -19,6 +19,7 @@ from .. import losses as L
 from .. import trust as T
 from ..crop import Crop
 from ..hooks import Hooks, as_floats, record
+from ..optim import Adam
 from ..params import FitParams
 from ..texture import TextureModel
 from ..unseen import complete_unseen
@@ -35,6 +36,9 @@ class FineResult:
     metrics: dict[str, float]          # landmark_error_iod, masked_l1, identity_cosine(_init)
     proj68: np.ndarray                 # (68, 2) crop pixels (jaw: closest point on the jawline)
     history: dict[str, list[tuple[int, float]]]
+    # (1, H, W) the last robust (Geman-McClure) weights of the pixel residuals on the crop: what the
+    # model could not explain (an occluder); None without a trust map.
+    robust: torch.Tensor | None = None
 
 
 def render_crop(ctx, model, cfg, p: FitParams, albedo: torch.Tensor, crop: Crop,
@@ -72,104 +76,172 @@ def projected68(model, proj: torch.Tensor, det: torch.Tensor, jaw_idx: torch.Ten
     return pts.cpu().numpy()
 
 
+@dataclass
+class FineView:
+    """One photo as the fine stage takes it: its coarse fit (pose, shape, expression), its unwrap
+    (lighting, exposure, atlas raster), its framing (crop, landmark targets) and its trust map
+    ((1, H, W) ``trust.skin_trust`` of the crop, or None)."""
+
+    coarse: CoarseResult
+    start: Unwrapped
+    framed: Framed
+    trust_map: torch.Tensor | None = None
+
+
+class _ViewFit:
+    """A view's per-run state inside ``run_views``: its parameters (the shape tensor is shared by
+    every view), its recogniser targets and its robust weights."""
+
+    def __init__(self, v: FineView, shape: torch.Tensor, rec, device):
+        c = v.coarse.params
+        fresh = lambda x: x.detach().clone().requires_grad_(x.requires_grad)  # noqa: E731
+        self.v = v
+        self.p = FitParams(rot=fresh(c.rot), trans=fresh(c.trans), shape=shape, expr=fresh(c.expr),
+                           sh=v.start.sh.detach().clone().requires_grad_())
+        self.emb_photo = self.feats_photo = self.M_align = None
+        if rec is not None:
+            from ...perception.align import five_points_from_68, similarity_from_points, warp
+            self.M_align = similarity_from_points(five_points_from_68(v.framed.targets.det),
+                                                  rec.template.to(device)).detach()
+            with torch.no_grad():
+                self.emb_photo, feats = rec.embed(warp(v.framed.crop.image.permute(0, 3, 1, 2), self.M_align,
+                                                       rec.input_size))
+            self.feats_photo = [f.detach() for f in feats]
+        self.fixed_trust = v.trust_map if v.trust_map is not None else torch.ones_like(v.framed.crop.face_valid)
+        self.robust = torch.ones_like(self.fixed_trust)
+        self.metrics: dict[str, float] = {}
+
+
 def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed, recognizer,
         hooks: Hooks, device, trust_map: torch.Tensor | None = None) -> FineResult:
-    """``trust_map``: (1, H, W) the crop's fixed trust weight (``trust.skin_trust``) or None; the
-    pixel term's weight is it x the Geman-McClure weights of the residuals (re-estimated every
-    ``cfg.fine.robust_every`` steps). A latent texture model is first fitted alone with the
-    lighting (``cfg.fine.latent_first`` of the steps), then with the geometry (GANFit's schedule)."""
-    crop, t, W, fc = framed.crop, framed.targets, cfg.weights, cfg.fine
-    c = coarse.params
-    fresh = lambda x: x.detach().clone().requires_grad_(x.requires_grad)  # noqa: E731
-    p = FitParams(rot=fresh(c.rot), trans=fresh(c.trans), shape=fresh(c.shape), expr=fresh(c.expr),
-                  sh=start.sh.detach().clone().requires_grad_())
-    texture = start.texture
+    """One photo: ``run_views`` with one view."""
+    return run_views(ctx, model, cfg, [FineView(coarse, start, framed, trust_map)], start.texture,
+                     recognizer, hooks, device)[0]
 
+
+def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, recognizer, hooks: Hooks,
+              device) -> list[FineResult]:
+    """The fine stage on one or more photos of one person: ONE shape (the mean of the views' coarse
+    shapes to start) and ONE ``texture``, a pose, expression and lighting per view. The loss is the
+    sum over the views of their photo terms (identity, content, pixel, landmarks) and their own
+    expression and lighting priors, plus the shape and texture priors once.
+
+    Per view, the pixel term's weight is its ``trust_map`` x the Geman-McClure weights of its
+    residuals (re-estimated every ``cfg.fine.robust_every`` steps). A latent texture model is
+    first fitted alone with the lighting (``cfg.fine.latent_first`` of the steps), then with the
+    geometry (GANFit's schedule). Returns one result per view (the texture is the same object)."""
+    W, fc = cfg.weights, cfg.fine
+    # The shared shape starts at the mean of the photos' own coarse shapes (one photo: its own).
+    c0 = views[0].coarse.params.shape
+    start = c0 if len(views) == 1 else torch.stack([v.coarse.params.shape for v in views]).mean(0)
+    shape = start.detach().clone().requires_grad_(c0.requires_grad)
     rec = recognizer if cfg.identity else None
-    emb_photo = feats_photo = None
     if rec is not None:
-        from ...perception.align import five_points_from_68, similarity_from_points, warp
-        M_align = similarity_from_points(five_points_from_68(t.det), rec.template.to(device)).detach()
-        S = rec.input_size
-        with torch.no_grad():
-            emb_photo, feats_photo = rec.embed(warp(crop.image.permute(0, 3, 1, 2), M_align, S))
-        feats_photo = [f.detach() for f in feats_photo]
+        from ...perception.align import warp
+    fits = [_ViewFit(v, shape, rec, device) for v in views]
 
     narrow_v = _narrow_vertices(model, device)
     pose = {"rot": fc.pose_rate_scale, "trans": fc.pose_rate_scale}
     names = ("rot", "trans", "shape", "sh", "expr") if cfg.fit_expression else ("rot", "trans", "shape", "sh")
     tex_groups = texture.param_groups(getattr(cfg.rates, texture.rate))
     geometry = [x for x in names if x != "sh"]
+
+    def optimiser(group_names):
+        # The shared shape is in the first view's groups only (one Adam state for it).
+        groups = [g for i, f in enumerate(fits) for g in f.p.groups(
+            cfg.rates, tuple(x for x in group_names if i == 0 or x != "shape"), pose)]
+        return Adam([*groups, *tex_groups])
+
+    def set_geometry_grad(flag: bool) -> None:
+        for f in fits:
+            for name in geometry:
+                getattr(f.p, name).requires_grad_(flag)
+
     first = int(round(cfg.fine_steps * fc.latent_first)) if texture.latent_first else 0
     if first > 0:  # the latent and the light alone; the geometry's gradients are not even computed
-        for name in geometry:
-            getattr(p, name).requires_grad_(False)
-        opt = p.optimiser(cfg.rates, ("sh",), pose, extra=tex_groups)
+        set_geometry_grad(False)
+        opt = optimiser(("sh",))
     else:
-        opt = p.optimiser(cfg.rates, names, pose, extra=tex_groups)
-    fixed_trust = trust_map if trust_map is not None else torch.ones_like(crop.face_valid)
-    robust = torch.ones_like(fixed_trust)
-    face_tex = ((start.uvr.tri_id >= 0) & (start.uvr.tri_id < model.fit_tri_count))[None].float()
+        opt = optimiser(names)
+    face_tex = ((views[0].start.uvr.tri_id >= 0) & (views[0].start.uvr.tri_id < model.fit_tri_count))[None].float()
     n = cfg.fine_steps
     preview_at = set()
     if hooks.preview is not None and cfg.preview_count > 0 and n > 0:
         preview_at = {int(round(x)) for x in np.linspace(0, n - 1, cfg.preview_count)}
 
-    metrics: dict[str, float] = {}
     history: dict[str, list[tuple[int, float]]] = {}
     weighted: dict[str, torch.Tensor] = {}
     for step in range(max(n, 1)):
         hooks.check_cancel()
         if step == first and first > 0:
-            for name in geometry:
-                getattr(p, name).requires_grad_(True)
-            opt = p.optimiser(cfg.rates, names, pose, extra=tex_groups)
+            set_geometry_grad(True)
+            opt = optimiser(names)
         sample = texture.sample()
-        out = render_crop(ctx, model, cfg, p, sample.albedo, crop, narrow_v)
-        img = out["image"]
-        face_w = out["weight"] * (out["mask"] * crop.face_valid)
-        if trust_map is not None and fc.robust_scale > 0 and step % fc.robust_every == 0:
-            resid = (out["colour_srgb"].detach() - crop.image).abs().mean(-1)
-            robust = T.geman_mcclure(resid, face_w.detach() * fixed_trust, fc.robust_scale)
-        raw = L.photo_terms(out["colour_srgb"], crop.image, face_w * fixed_trust * robust)
-        raw.update(L.landmark_terms(out["proj"], t))
-        if rec is not None:
-            emb, feats = rec.embed(warp(img.permute(0, 3, 1, 2), M_align, S))
-            raw.update(L.identity_terms(emb, emb_photo, feats, feats_photo))
-            cos = 1 - float(raw["identity"].detach())
-            if step == 0:
-                metrics["identity_cosine_init"] = cos
-            metrics["identity_cosine"] = cos
-        raw.update(L.prior_terms(p.shape, p.expr if cfg.fit_expression else None, coarse.expr_start))
-        raw.update(L.light_terms(p.sh, out["irr_mean"], start.exposure))
-        raw.update(texture.priors(sample, face_tex, model))
-        weighted = L.weigh(raw, W)
+        weighted = {}
+        preview_img = None
+        for i, f in enumerate(fits):
+            p, crop, t = f.p, f.v.framed.crop, f.v.framed.targets
+            out = render_crop(ctx, model, cfg, p, sample.albedo, crop, narrow_v)
+            img = out["image"]
+            if i == 0:
+                preview_img = img
+            face_w = out["weight"] * (out["mask"] * crop.face_valid)
+            if f.v.trust_map is not None and fc.robust_scale > 0 and step % fc.robust_every == 0:
+                resid = (out["colour_srgb"].detach() - crop.image).abs().mean(-1)
+                f.robust = T.geman_mcclure(resid, face_w.detach() * f.fixed_trust, fc.robust_scale)
+            raw = L.photo_terms(out["colour_srgb"], crop.image, face_w * f.fixed_trust * f.robust)
+            raw.update(L.landmark_terms(out["proj"], t))
+            if rec is not None:
+                emb, feats = rec.embed(warp(img.permute(0, 3, 1, 2), f.M_align, rec.input_size))
+                raw.update(L.identity_terms(emb, f.emb_photo, feats, f.feats_photo))
+                cos = 1 - float(raw["identity"].detach())
+                if step == 0:
+                    f.metrics["identity_cosine_init"] = cos
+                f.metrics["identity_cosine"] = cos
+            # The shape prior once (with the first view), each view's own expression and light.
+            raw.update(L.prior_terms(p.shape, p.expr if cfg.fit_expression else None, f.v.coarse.expr_start))
+            if i > 0:
+                del raw["shape_prior"]
+            raw.update(L.light_terms(p.sh, out["irr_mean"], f.v.start.exposure))
+            if i == 0:
+                raw.update(texture.priors(sample, face_tex, model))
+            for k, v in L.weigh(raw, W).items():
+                weighted[k] = weighted[k] + v if k in weighted else v
         if n == 0:
             break
         loss = L.total(weighted)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.clamp_expression(p.expr)
+        for f in fits:
+            model.clamp_expression(f.p.expr)
         if step % fc.report_every == 0 or step == n - 1:
             values = as_floats(weighted)
             record(history, step + 1, values)
             hooks.progress("fine", step + 1, n, values)
         if step in preview_at:
-            hooks.preview((img[0].detach().cpu().numpy() * 255).astype(np.uint8), step)
+            hooks.preview((preview_img[0].detach().cpu().numpy() * 255).astype(np.uint8), step)
 
+    results = []
     with torch.no_grad():
         if cfg.unseen.enabled:  # the skull, ears and neck from the seen face (fit/unseen.py)
-            p.shape.copy_(complete_unseen(model, p.shape, cfg.unseen.face_sigma_cm))
-        out = render_crop(ctx, model, cfg, p, texture(), crop, narrow_v)
-        final = as_floats(weighted)
-        final["pixel_l1"] = float(L.masked_l1(out["colour_srgb"], crop.image,
-                                              out["weight"] * out["mask"] * crop.face_valid))
-        if trust_map is not None:
-            final["pixel_l1_trusted"] = float(L.masked_l1(out["colour_srgb"], crop.image,
-                                                          out["weight"] * out["mask"] * crop.face_valid * fixed_trust))
-        proj68 = projected68(model, out["proj"][0], t.det[0], t.jaw_idx)
-        err = np.linalg.norm(proj68 - t.det[0].cpu().numpy(), axis=1).mean() / t.iod
-        metrics["landmark_error_iod"] = float(err)
-        metrics["masked_l1"] = final["pixel_l1"]
-    return FineResult(p, texture, final, metrics, proj68, history)
+            shape.copy_(complete_unseen(model, shape, cfg.unseen.face_sigma_cm))
+        albedo = texture()
+        final_w = as_floats(weighted)
+        for f in fits:
+            p, crop, t = f.p, f.v.framed.crop, f.v.framed.targets
+            out = render_crop(ctx, model, cfg, p, albedo, crop, narrow_v)
+            final = dict(final_w)
+            final["pixel_l1"] = float(L.masked_l1(out["colour_srgb"], crop.image,
+                                                  out["weight"] * out["mask"] * crop.face_valid))
+            if f.v.trust_map is not None:
+                final["pixel_l1_trusted"] = float(L.masked_l1(
+                    out["colour_srgb"], crop.image, out["weight"] * out["mask"] * crop.face_valid * f.fixed_trust))
+            proj68 = projected68(model, out["proj"][0], t.det[0], t.jaw_idx)
+            err = np.linalg.norm(proj68 - t.det[0].cpu().numpy(), axis=1).mean() / t.iod
+            metrics = dict(f.metrics)
+            metrics["landmark_error_iod"] = float(err)
+            metrics["masked_l1"] = final["pixel_l1"]
+            results.append(FineResult(p, texture, final, metrics, proj68, history,
+                                      f.robust if f.v.trust_map is not None else None))
+    return results

@@ -26,6 +26,8 @@ class Unwrapped:
     sh: torch.Tensor            # (1, 9, 3) the least-squares lighting
     exposure: float             # its mean irradiance over the skin (1 unless underexposed)
     uvr: uvspace.UVRaster       # the atlas raster at the fine stage's texture size
+    base: torch.Tensor | None = None   # (1, T, T, 3) the de-lit, hole-filled unwrap the texture starts at
+    conf: torch.Tensor | None = None   # (1, T, T) its confidence (viewing angle x visibility x trust)
 
 
 def run(ctx, model, cfg, p: FitParams, crop: Crop,
@@ -56,4 +58,20 @@ def run(ctx, model, cfg, p: FitParams, crop: Crop,
     texture = texture_factory(base.detach())
     texture.to(device)
     texture.init_from(base.detach(), conf.detach())
-    return Unwrapped(texture, sh, exposure, uvr)
+    return Unwrapped(texture, sh, exposure, uvr, base.detach(), conf.detach())
+
+
+def merged_texture(starts: list[Unwrapped], texture_factory: Callable[[torch.Tensor], TextureModel],
+                   device) -> TextureModel:
+    """The texture model of several photos of one head: started at their de-lit unwraps averaged
+    per texel by confidence (each photo's own lighting already divided out), so that a side only
+    one photo sees starts from that photo."""
+    if len(starts) == 1:
+        return starts[0].texture
+    c = torch.stack([s.conf for s in starts])                          # (N, 1, T, T)
+    w = c + 1e-6                                                       # nobody sees it: the plain mean
+    base = (w[..., None] * torch.stack([s.base for s in starts])).sum(0) / w.sum(0)[..., None]
+    texture = texture_factory(base)
+    texture.to(device)
+    texture.init_from(base, c.amax(0))
+    return texture
