@@ -286,4 +286,23 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
 
-classes = (GANFIT_OT_fit, GANFIT_OT_cancel, GANFIT_OT_import_result)
+class GANFIT_OT_use_camera(bpy.types.Operator):
+    """Look through this photo's camera: make it the scene camera, with the render size of its photo"""
+
+    bl_idname = "ganfit.use_camera"
+    bl_label = "Use Photo Camera"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    camera: StringProperty(name="Camera", description="Name of a camera a GANFit import made")
+
+    def execute(self, context: Any) -> set[str]:
+        cam = bpy.data.objects.get(self.camera)
+        if cam is None or cam.type != "CAMERA" or importer.CAMERA_RESOLUTION_PROP not in cam:
+            self.report({"ERROR"}, f"'{self.camera}' is not a GANFit camera (it may have been "
+                                   "deleted): import the result again")
+            return {"CANCELLED"}
+        importer.use_camera(context.scene, cam)
+        return {"FINISHED"}
+
+
+classes = (GANFIT_OT_fit, GANFIT_OT_cancel, GANFIT_OT_import_result, GANFIT_OT_use_camera)
