@@ -376,7 +376,8 @@ class GANFIT_OT_add_photos(bpy.types.Operator):
             if not settings.photo_path and settings.source == "FILE":
                 settings.photo_path = path  # the first photo chosen becomes the primary one
             else:
-                settings.extra_photos.add().path = path
+                item = settings.extra_photos.add()
+                item.name, item.path = Path(path).name, path
             have.add(path)
             added += 1
         settings.extra_photos_index = max(0, len(settings.extra_photos) - 1)
