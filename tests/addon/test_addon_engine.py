@@ -240,3 +240,56 @@ def test_engine_python_without_numpy_or_torch(tmp_path):
     assert "'numpy'" in msg or "'torch'" in msg
     assert "Install Engine Environment" in msg and "Internal error" not in msg
     _assert_clean_failure(out.parent, _runner().jobs()[-1].pid)
+
+
+def _engine_takes_several_photos() -> bool:
+    import subprocess
+    import sys
+    from addon_testlib import REPO
+    proc = subprocess.run([sys.executable, "-m", "engine", "fit", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    return "--photos" in proc.stdout
+
+
+def test_fit_two_photos_of_one_person_real_engine(tmp_path):
+    """Two photos of one person (neutral and smiling): one head, one camera per photo, each with
+    its photo as background, the first the scene camera; the cameras project the head onto their
+    own photo's frame."""
+    if not _engine_takes_several_photos():
+        pytest.skip("this engine's fit takes one photo (no --photos): multi-photo engine not merged")
+    from shared_data import require_shared
+    folder = require_shared("faces", "london-canada")
+    photos = [folder / "london_003_neutral.jpg", folder / "london_003_smiling.jpg"]
+    api = importlib.import_module(f"{ADDON}.api")
+    imp = importlib.import_module(f"{ADDON}.importer")
+    ob = api.fit_photos(photos, preset="fast", max_steps=MAX_STEPS)
+    assert len(_meshes()) == 1 and len(ob.data.vertices) > 1000
+    cams = imp.head_cameras(ob)
+    assert [c.name for c in cams] == [f"{ob.name} camera: {p.name}" for p in photos]
+    scene = bpy.context.scene
+    assert scene.camera == cams[0]
+    for cam, photo in zip(cams, photos):
+        img = cam.data.background_images[0].image
+        assert Path(bpy.path.abspath(img.filepath)).resolve() == photo.resolve()
+        assert tuple(cam["ganfit_resolution"]) == _photo_size(photo)
+    res = imp.load_result(ob["ganfit_result"])
+    assert res.multi_view and [Path(v.photo).name for v in res.views] == [p.name for p in photos]
+    assert all(set(v.files) >= {"render", "overlay"} for v in res.views)
+    # The fake multi-photo result the other tests use has the real one's keys (no drift).
+    from fake_result import write_fake_result
+    fake = write_fake_result(tmp_path / "fake" / "r", views=2)
+    real = res.meta
+    assert set(fake) - {"some_future_key"} <= set(real)
+    assert [set(v) - {"future_view_key"} for v in fake["views"]] == [set(v) for v in real["views"]]
+    assert set(fake["multi_view"]) <= set(real["multi_view"])
+    assert {k: v for k, v in fake["files"].items() if "-" in k} == \
+        {k: v for k, v in real["files"].items() if "-" in k}
+    # Each camera sees the head inside its own photo (the fitted face near the frame's middle).
+    verts = imp.obj_to_blender(res.obj.verts[: (res.meta.get("mesh") or {}).get(
+        "fitted_vertices", len(res.obj.verts))]).astype(np.float64)
+    for cam in cams:
+        imp.use_camera(scene, cam)
+        uv = imp.projected_points(cam, scene, verts[:: max(1, len(verts) // 200)])
+        w, h = cam["ganfit_resolution"]
+        centre = uv.mean(0)
+        assert 0.2 * w < centre[0] < 0.8 * w and 0.2 * h < centre[1] < 0.8 * h, (cam.name, centre)
