@@ -151,7 +151,7 @@ class GANFIT_OT_fit(bpy.types.Operator):
                         raise FitError("Choose a photo folder first")
                 elif settings.source == "IMAGE" and settings.photo_image is not None:
                     main = _photo_from_image(settings.photo_image)
-                elif settings.source == "FILE":
+                else:  # as before: an Image source with no image falls back to the file
                     main = settings.photo_path
                 if settings.source != "FOLDER":
                     extra = [p.path for p in settings.extra_photos if p.path.strip()]
