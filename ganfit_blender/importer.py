@@ -11,6 +11,11 @@ saved and reloaded .blend therefore finds the image as long as the result folder
 it. Pass ``pack_texture=True`` (or use *File > External Data > Pack Resources*) for a self-contained
 .blend.
 
+Cameras: one for a one-photo result (``<name>_camera``); a fit of several photos of one person
+gets one per photo (``<name> camera: B.jpg``), each with its photo as background and its render
+size kept on it (``ganfit_resolution``): :func:`use_camera` makes one the scene camera together
+with that size, :func:`head_cameras` lists a head's cameras in photo order.
+
 Everything is built unlinked first and linked into the scene at the end; if anything fails, every
 datablock made so far is removed, so a failed import leaves nothing behind.
 """
