@@ -214,6 +214,8 @@ CAMERA_PHOTO_PROP = "ganfit_photo"
 CAMERA_VIEW_PROP = "ganfit_view"
 CAMERA_RESOLUTION_PROP = "ganfit_resolution"
 CAMERA_ASPECT_PROP = "ganfit_pixel_aspect"
+CAMERA_EXPRESSION_PROP = "ganfit_view_expression"  # the photo's expression, shape key -> weight
+CAMERA_HEAD_PROP = "ganfit_head"  # the head object the camera was made for
 CAMERAS_PROP = "ganfit_cameras"  # on the head: its cameras' names, one per photo (several photos)
 
 
@@ -268,14 +270,32 @@ def _build_camera(name: str, view: View, created: _Created
     ob[CAMERA_VIEW_PROP] = view.index
     ob[CAMERA_RESOLUTION_PROP] = [setup.width, setup.height]
     ob[CAMERA_ASPECT_PROP] = [setup.pixel_aspect_x, setup.pixel_aspect_y]
+    if view.expression:
+        ob[CAMERA_EXPRESSION_PROP] = dict(view.expression)
     if "landmark_error_iod" in view.metrics:
         ob["ganfit_landmark_error_iod"] = view.metrics["landmark_error_iod"]
     return ob, setup
 
 
-def use_camera(scene: bpy.types.Scene, cam_ob: bpy.types.Object) -> None:
+def use_camera(scene: bpy.types.Scene, cam_ob: bpy.types.Object, expression: bool = False
+               ) -> None:
     """Make a GANFit camera the scene camera and set the render frame to its photo's size (one
-    scene has one render size, so a photo of another size needs it changed with the camera)."""
+    scene has one render size, so a photo of another size needs it changed with the camera).
+
+    Args:
+        expression: also set the head's expression shape keys to the expression fitted to this
+            camera's photo (a fit of several photos has one per photo), so that the head seen
+            through the camera matches its photo.
+    """
+    if expression:
+        head = bpy.data.objects.get(str(cam_ob.get(CAMERA_HEAD_PROP, "")))
+        weights = cam_ob.get(CAMERA_EXPRESSION_PROP)
+        keys = head.data.shape_keys if head is not None and head.type == "MESH" else None
+        if keys is not None and weights is not None:
+            for name, value in weights.items():
+                block = keys.key_blocks.get(name)
+                if block is not None:
+                    block.value = float(np.clip(value, block.slider_min, block.slider_max))
     scene.camera = cam_ob
     res = cam_ob.get(CAMERA_RESOLUTION_PROP)
     aspect = cam_ob.get(CAMERA_ASPECT_PROP)
@@ -362,6 +382,7 @@ def import_result(folder: str | Path, context: Any = None, *, create_camera: boo
         coll.objects.link(ob)
         for cam_ob, _setup in cameras:
             coll.objects.link(cam_ob)
+            cam_ob[CAMERA_HEAD_PROP] = ob.name
         if cameras:
             primary = cameras[0][0]
             use_camera(scene, primary)

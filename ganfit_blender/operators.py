@@ -428,6 +428,9 @@ class GANFIT_OT_use_camera(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO", "INTERNAL"}
 
     camera: StringProperty(name="Camera", description="Name of a camera a GANFit import made")
+    expression: BoolProperty(name="Photo's Expression", default=True,
+                             description="Also set the head's expression shape keys to the "
+                                         "expression fitted to this photo")
 
     def execute(self, context: Any) -> set[str]:
         cam = bpy.data.objects.get(self.camera)
@@ -435,7 +438,7 @@ class GANFIT_OT_use_camera(bpy.types.Operator):
             self.report({"ERROR"}, f"'{self.camera}' is not a GANFit camera (it may have been "
                                    "deleted): import the result again")
             return {"CANCELLED"}
-        importer.use_camera(context.scene, cam)
+        importer.use_camera(context.scene, cam, expression=self.expression)
         return {"FINISHED"}
 
 

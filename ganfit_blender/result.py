@@ -169,6 +169,8 @@ class View:
         image: ``{"width": ..., "height": ...}`` of the photo (may be empty).
         files: this view's files in the folder (``render``, ``overlay``), checked to exist.
         metrics: the view's own metrics (landmark error, ...), numbers only.
+        expression: the expression fitted to this photo, shape key name -> weight (empty when
+            the result has none or it is malformed).
     """
 
     index: int
@@ -177,6 +179,7 @@ class View:
     image: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    expression: dict[str, float] = field(default_factory=dict)
 
     @property
     def photo_name(self) -> str:
@@ -342,6 +345,18 @@ def _numbers(d: Any) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _expression(d: Any) -> dict[str, float]:
+    """``{"names": [...], "weights": [...]}`` as name -> weight; {} unless well formed."""
+    if not isinstance(d, dict):
+        return {}
+    names, weights = d.get("names"), d.get("weights")
+    if not isinstance(names, list) or not isinstance(weights, list) or len(names) != len(weights):
+        return {}
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        return {}
+    return {str(n): float(w) for n, w in zip(names, weights)}
+
+
 def _view(entry: dict[str, Any], index: int) -> View:
     photo = entry.get("photo")
     cam = entry.get("camera")
@@ -349,7 +364,8 @@ def _view(entry: dict[str, Any], index: int) -> View:
     return View(index=index, photo=photo if isinstance(photo, str) else "",
                 camera=cam if isinstance(cam, dict) and cam else None,
                 image=dict(image) if isinstance(image, dict) else {},
-                metrics=_numbers(entry.get("metrics")))
+                metrics=_numbers(entry.get("metrics")),
+                expression=_expression(entry.get("expression")))
 
 
 def read_views(folder: Path, meta: dict[str, Any]) -> list[View]:

@@ -176,7 +176,11 @@ def _add_views(folder: Path, meta: dict, n: int) -> None:
     for k, (yaw, w, h) in enumerate(EXTRA_VIEWS[:n - 1], start=2):
         photo = _fake_photo(folder.parent / f"{folder.name}_photo-{k}.png", w, h, 40 * k)
         _fake_render(folder, f"-{k}", w, h)
-        entries.append({**{key: meta[key] for key in ("lighting", "expression", "landmarks")},
+        weights = np.zeros(len(meta["expression"]["names"]))
+        weights[[1, 9 + k]] = [0.3, 0.1 * k]  # each photo its own expression
+        entries.append({**{key: meta[key] for key in ("lighting", "landmarks")},
+                        "expression": {"names": meta["expression"]["names"],
+                                       "weights": weights.tolist()},
                         "photo": str(photo), "image": {"width": w, "height": h},
                         "camera": _fake_camera(w, h, yaw),
                         "face": {"index": 0, "box": [10.0, 20.0, 120.0, 160.0], "score": 0.9},
@@ -192,7 +196,8 @@ def _add_views(folder: Path, meta: dict, n: int) -> None:
     rot = np.stack([rotation_y(10.0)] + [rotation_y(y) for y, _, _ in EXTRA_VIEWS[:n - 1]])
     params.update(view_rotation=rot, view_rotation_axis_angle=np.zeros((n, 3), np.float32),
                   view_translation_cm=np.tile(params["translation_cm"], (n, 1)),
-                  view_expression=np.tile(params["expression"], (n, 1)),
+                  view_expression=np.array([v["expression"]["weights"] for v in entries],
+                                           np.float32),
                   view_sh=np.zeros((n, 9, 3), np.float32),
                   view_focal_px=np.full(n, 600.0, np.float32))
     np.savez(folder / "params.npz", **params)

@@ -275,6 +275,16 @@ def test_use_camera_switches_the_render_frame(multi_result):
     v = cam["cy"] - cam["fy"] * pc[:, 1] / -pc[:, 2]
     got = imp.projected_points(second, scene, imp.obj_to_blender(pts).astype(np.float64))
     assert np.abs(got - np.stack([u, v], 1)).max() < 1e-2
+    # ... with the expression fitted to that photo on the head's shape keys, and back.
+    keys = ob.data.shape_keys.key_blocks
+    view2 = dict(zip(meta["views"][1]["expression"]["names"], meta["views"][1]["expression"]["weights"]))
+    assert all(keys[n].value == pytest.approx(w, abs=1e-6) for n, w in view2.items())
+    assert keys[meta["expression"]["names"][20]].value == 0.0 != meta["expression"]["weights"][20]
+    assert bpy.ops.ganfit.use_camera(camera=imp.head_cameras(ob)[0].name) == {"FINISHED"}
+    assert np.allclose([k.value for k in keys[1:]], meta["expression"]["weights"], atol=1e-6)
+    assert bpy.ops.ganfit.use_camera(camera=second.name, expression=False) == {"FINISHED"}
+    assert np.allclose([k.value for k in keys[1:]], meta["expression"]["weights"], atol=1e-6)
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (300, 240)
     with pytest.raises(RuntimeError, match="not a GANFit camera"):
         bpy.ops.ganfit.use_camera(camera=ob.name)
 

@@ -235,6 +235,11 @@ def test_views_are_read_in_order_with_their_files(multi):
     assert res.views[2].files == {"render": multi / "render-3.png",
                                   "overlay": multi / "overlay-3.png"}
     assert res.views[1].metrics == {"landmark_error_iod": pytest.approx(0.04)}
+    names = meta["expression"]["names"]
+    assert res.views[0].expression == dict(zip(names, meta["expression"]["weights"]))
+    assert res.views[1].expression[names[1]] == pytest.approx(0.3)
+    assert res.views[2].expression[names[12]] == pytest.approx(0.3)
+    assert np.allclose(res.params["view_expression"][2], list(res.views[2].expression.values()))
     # each camera is its own: the extra photos were taken from other angles
     setups = [result.camera_setup(v.camera) for v in res.views]
     assert not np.allclose(setups[0].matrix_world, setups[1].matrix_world)
@@ -291,7 +296,9 @@ def test_view_without_camera_or_with_a_bad_file_name(multi):
 
 
 def test_unknown_keys_are_ignored(multi):
-    _edit(multi, lambda m: (m["views"][1].update(new_thing={"x": 1}, metrics={"a": "text", "b": 2}),
+    _edit(multi, lambda m: (m["views"][1].update(new_thing={"x": 1}, metrics={"a": "text", "b": 2},
+                                                 expression={"names": ["a"], "weights": [1, 2]}),
                             m.update(another_key=[1])))
     res = result.load_result(multi)
     assert res.multi_view and res.views[1].metrics == {"b": 2.0}
+    assert res.views[1].expression == {}  # malformed: left out, the import goes on
