@@ -34,8 +34,12 @@ def _draw_more_photos(col: Any, settings: Any) -> None:
 
 
 def _draw_cameras(layout: Any, context: Any) -> None:
-    """The active head's cameras when it was fitted to several photos: one button each."""
-    cams = importer.head_cameras(context.view_layer.objects.active)
+    """The cameras of the active head (or of the head of the active photo camera) when it was
+    fitted to several photos: one button each."""
+    ob = context.view_layer.objects.active
+    if ob is not None and ob.type == "CAMERA" and importer.CAMERA_HEAD_PROP in ob:
+        ob = bpy.data.objects.get(str(ob[importer.CAMERA_HEAD_PROP]))
+    cams = importer.head_cameras(ob)
     if len(cams) < 2:
         return
     box = layout.box()

@@ -210,5 +210,7 @@ def test_panel_lists_the_cameras_of_a_multi_photo_head(tmp_path):
     buttons = [t for k, t in log if k == "button" and t.startswith("ganfit.use_camera: ")]
     assert buttons == [f"ganfit.use_camera: {Path(v['photo']).name}" for v in meta["views"]]
     assert ("set", f"camera={imp.head_cameras(ob)[1].name}") in log
+    bpy.context.view_layer.objects.active = imp.head_cameras(ob)[1]  # a photo camera: its head's
+    assert [t for k, t in _draw_panel() if k == "button" and "use_camera" in t] == buttons
     bpy.context.view_layer.objects.active = None
     assert ("operator", "ganfit.use_camera") not in _draw_panel()
