@@ -11,6 +11,11 @@ saved and reloaded .blend therefore finds the image as long as the result folder
 it. Pass ``pack_texture=True`` (or use *File > External Data > Pack Resources*) for a self-contained
 .blend.
 
+Cameras: one for a one-photo result (``<name>_camera``); a fit of several photos of one person
+gets one per photo (``<name> camera: B.jpg``), each with its photo as background and its render
+size kept on it (``ganfit_resolution``): :func:`use_camera` makes one the scene camera together
+with that size, :func:`head_cameras` lists a head's cameras in photo order.
+
 Everything is built unlinked first and linked into the scene at the end; if anything fails, every
 datablock made so far is removed, so a failed import leaves nothing behind.
 """
@@ -26,8 +31,8 @@ from mathutils import Matrix
 
 # The bpy-free reading of the folder (re-exported: scripts and tests use them from here).
 from .result import (AXIS, SENSOR_WIDTH_MM, CameraSetup, ObjMesh, ResultFolder,  # noqa: F401
-                     ResultImportError, camera_setup, check_png, load_result, obj_to_blender,
-                     parse_obj)
+                     ResultImportError, View, camera_setup, check_png, load_result,
+                     obj_to_blender, parse_obj)
 
 COLLECTION_NAME = "GANFit"
 UV_LAYER_NAME = "UVMap"
@@ -205,12 +210,39 @@ def _add_fitted_group(ob: bpy.types.Object, res: ResultFolder) -> None:
     group.add(range(n), 1.0, "REPLACE")
 
 
-def _build_camera(name: str, res: ResultFolder, scene: bpy.types.Scene, created: _Created
+CAMERA_PHOTO_PROP = "ganfit_photo"
+CAMERA_VIEW_PROP = "ganfit_view"
+CAMERA_RESOLUTION_PROP = "ganfit_resolution"
+CAMERA_ASPECT_PROP = "ganfit_pixel_aspect"
+CAMERA_EXPRESSION_PROP = "ganfit_view_expression"  # the photo's expression, shape key -> weight
+CAMERA_HEAD_PROP = "ganfit_head"  # the head object the camera was made for
+CAMERAS_PROP = "ganfit_cameras"  # on the head: its cameras' names, one per photo (several photos)
+
+
+MAX_NAME_BYTES = 63  # Blender's datablock names
+
+
+def camera_name(name: str, view: View, multi: bool) -> str:
+    """``<name>_camera`` for a one-photo result (as before); with several photos one camera per
+    photo, ``<name> camera: B.jpg``, the object name shortened so that the photo's name fits
+    Blender's 63 bytes."""
+    if not multi:
+        return f"{name}_camera"
+    tail = f" camera: {view.photo_name}"
+    room = MAX_NAME_BYTES - len(tail.encode("utf-8"))
+    if room < 8:  # a very long photo name: keep some of the object name, cut the photo's
+        tail = tail.encode("utf-8")[:MAX_NAME_BYTES - 8].decode("utf-8", "ignore")
+        room = MAX_NAME_BYTES - len(tail.encode("utf-8"))
+    head = name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + tail
+
+
+def _build_camera(name: str, view: View, created: _Created
                   ) -> tuple[bpy.types.Object, CameraSetup] | None:
-    cam_meta = res.meta.get("camera")
-    if not cam_meta:
+    """A camera object (unlinked) for one view, with its photo as the background image."""
+    if not view.camera:
         return None
-    setup = camera_setup(cam_meta)
+    setup = camera_setup(view.camera)
     cam = created.add(bpy.data.cameras, bpy.data.cameras.new(name))
     cam.sensor_fit = "HORIZONTAL"
     cam.sensor_width = SENSOR_WIDTH_MM
@@ -219,7 +251,7 @@ def _build_camera(name: str, res: ResultFolder, scene: bpy.types.Scene, created:
     cam.shift_y = setup.shift_y
     cam.clip_start = setup.clip_start
     cam.clip_end = setup.clip_end
-    photo = res.meta.get("photo")
+    photo = view.photo
     if photo and Path(photo).is_file():
         existing = {id(i) for i in bpy.data.images}
         img = bpy.data.images.load(str(photo), check_existing=True)
@@ -233,7 +265,62 @@ def _build_camera(name: str, res: ResultFolder, scene: bpy.types.Scene, created:
         cam.show_background_images = True
     ob = created.add(bpy.data.objects, bpy.data.objects.new(name, cam))
     ob.matrix_world = Matrix(setup.matrix_world.tolist())
+    # What ganfit.use_camera needs to make it the scene camera with its own photo's frame.
+    ob[CAMERA_PHOTO_PROP] = str(photo or "")
+    ob[CAMERA_VIEW_PROP] = view.index
+    ob[CAMERA_RESOLUTION_PROP] = [setup.width, setup.height]
+    ob[CAMERA_ASPECT_PROP] = [setup.pixel_aspect_x, setup.pixel_aspect_y]
+    if view.expression:
+        ob[CAMERA_EXPRESSION_PROP] = dict(view.expression)
+    if "landmark_error_iod" in view.metrics:
+        ob["ganfit_landmark_error_iod"] = view.metrics["landmark_error_iod"]
     return ob, setup
+
+
+def use_camera(scene: bpy.types.Scene, cam_ob: bpy.types.Object, expression: bool = False
+               ) -> None:
+    """Make a GANFit camera the scene camera and set the render frame to its photo's size (one
+    scene has one render size, so a photo of another size needs it changed with the camera).
+
+    Args:
+        expression: also set the head's expression shape keys to the expression fitted to this
+            camera's photo (a fit of several photos has one per photo), so that the head seen
+            through the camera matches its photo.
+    """
+    if expression:
+        head = bpy.data.objects.get(str(cam_ob.get(CAMERA_HEAD_PROP, "")))
+        weights = cam_ob.get(CAMERA_EXPRESSION_PROP)
+        keys = head.data.shape_keys if head is not None and head.type == "MESH" else None
+        if keys is not None and weights is not None:
+            for name, value in weights.items():
+                block = keys.key_blocks.get(name)
+                if block is not None:
+                    block.value = float(np.clip(value, block.slider_min, block.slider_max))
+    scene.camera = cam_ob
+    res = cam_ob.get(CAMERA_RESOLUTION_PROP)
+    aspect = cam_ob.get(CAMERA_ASPECT_PROP)
+    render = scene.render
+    if res is not None and len(res) == 2:
+        render.resolution_x, render.resolution_y = int(res[0]), int(res[1])
+        render.resolution_percentage = 100
+    if aspect is not None and len(aspect) == 2:
+        render.pixel_aspect_x, render.pixel_aspect_y = float(aspect[0]), float(aspect[1])
+
+
+def head_cameras(ob: Any) -> list[bpy.types.Object]:
+    """The camera objects an import made for the head ``ob`` (one per photo), in view order;
+    cameras deleted since are left out."""
+    if ob is None:
+        return []
+    names = ob.get(CAMERAS_PROP)
+    if names is None:
+        names = [ob["ganfit_camera"]] if "ganfit_camera" in ob else []
+    out = []
+    for n in names:
+        cam = bpy.data.objects.get(str(n))
+        if cam is not None and cam.type == "CAMERA":
+            out.append(cam)
+    return out
 
 
 def import_result(folder: str | Path, context: Any = None, *, create_camera: bool = True,
@@ -246,6 +333,8 @@ def import_result(folder: str | Path, context: Any = None, *, create_camera: boo
         context: a bpy context (default ``bpy.context``).
         create_camera: add a camera with the fitted intrinsics/extrinsics, the photo as its
             background, make it the scene camera and set the render resolution to the photo size.
+            A fit of several photos gets one camera per photo (``<name> camera: B.jpg``, each
+            with its own photo as background); the first photo's is the scene camera.
         shape_keys: add the 53 expression shape keys (Basis = neutral) with the fitted values.
         pack_texture: pack albedo.png into the .blend instead of referencing it.
         name: object name (default ``GANFit_<photo stem>``).
@@ -273,7 +362,15 @@ def import_result(folder: str | Path, context: Any = None, *, create_camera: boo
         if res.warnings:
             ob[WARNINGS_PROP] = "\n".join(dict.fromkeys(res.warnings))
         _add_fitted_group(ob, res)
-        cam_result = _build_camera(f"{name}_camera", res, scene, created) if create_camera else None
+        cameras = []
+        if create_camera:
+            for view in res.views:
+                made = _build_camera(camera_name(name, view, res.multi_view), view, created)
+                if made is not None:
+                    cameras.append(made)
+        if res.multi_view:
+            ob["ganfit_views"] = len(res.views)
+            ob["ganfit_photos"] = [v.photo for v in res.views]
 
         # Link last: everything above succeeded.
         coll = bpy.data.collections.get(COLLECTION_NAME)
@@ -283,17 +380,15 @@ def import_result(folder: str | Path, context: Any = None, *, create_camera: boo
                 {c.name for c in scene.collection.children_recursive}:
             scene.collection.children.link(coll)
         coll.objects.link(ob)
-        if cam_result is not None:
-            cam_ob, setup = cam_result
+        for cam_ob, _setup in cameras:
             coll.objects.link(cam_ob)
-            scene.camera = cam_ob
-            render = scene.render
-            render.resolution_x = setup.width
-            render.resolution_y = setup.height
-            render.resolution_percentage = 100
-            render.pixel_aspect_x = setup.pixel_aspect_x
-            render.pixel_aspect_y = setup.pixel_aspect_y
-            ob["ganfit_camera"] = cam_ob.name
+            cam_ob[CAMERA_HEAD_PROP] = ob.name
+        if cameras:
+            primary = cameras[0][0]
+            use_camera(scene, primary)
+            ob["ganfit_camera"] = primary.name
+            if res.multi_view:
+                ob[CAMERAS_PROP] = [c.name for c, _ in cameras]
     except ResultImportError:
         created.remove_all()
         raise
@@ -336,5 +431,6 @@ def projected_points(ob_camera: bpy.types.Object, scene: bpy.types.Scene,
     return out
 
 
-__all__ = ["import_result", "result_warnings", "load_result", "parse_obj", "camera_setup",
+__all__ = ["import_result", "result_warnings", "use_camera", "head_cameras", "load_result",
+           "parse_obj", "camera_setup",
            "obj_to_blender", "ResultImportError", "COLLECTION_NAME"]

@@ -1,4 +1,5 @@
-"""Operators: fit a photo, cancel a fit, import a result folder."""
+"""Operators: fit a photo (or several photos of one person), cancel a fit, import a result
+folder, the list of more photos, and switching between a multi-photo result's cameras."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, StringProperty
 
 from . import importer, paths, preferences, runner
-from .properties import PRESET_ITEMS, TEXTURE_RES_ITEMS
+from .properties import GANFIT_PG_photo, PRESET_ITEMS, TEXTURE_RES_ITEMS
 
 _OP_PRESET_ITEMS = (("SCENE", "Scene", "Use the scene's GANFit settings"),) + PRESET_ITEMS
 _OP_TEXRES_ITEMS = (("SCENE", "Scene", "Use the scene's GANFit settings"),) + TEXTURE_RES_ITEMS
@@ -53,6 +54,33 @@ def _photo_from_image(image: bpy.types.Image) -> str:
     return str(out)
 
 
+def _unique(photos: list[str]) -> list[str]:
+    """The photos in order, each file once (the same file twice adds nothing to a fit)."""
+    seen, out = set(), []
+    for p in photos:
+        try:
+            key = str(Path(p).resolve())
+        except (OSError, RuntimeError):
+            key = p
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _check_photo_dir(folder: str) -> str:
+    if not Path(folder).is_dir():
+        raise FitError(f"Photo folder not found: {folder}")
+    try:
+        found = paths.photos_in(Path(folder))
+    except OSError as exc:
+        raise FitError(f"Cannot read the photo folder {folder}: {exc}") from exc
+    if not found:
+        raise FitError(f"No photos in {folder} (looked for "
+                       f"{', '.join(s.lstrip('.') for s in paths.PHOTO_SUFFIXES)} files)")
+    return folder
+
+
 def _result_base(prefs: Any) -> Path:
     if prefs is not None and prefs.result_location == "CUSTOM" and prefs.result_dir.strip():
         return Path(bpy.path.abspath(prefs.result_dir))
@@ -68,6 +96,14 @@ class GANFIT_OT_fit(bpy.types.Operator):
 
     filepath: StringProperty(name="Photo", subtype="FILE_PATH",
                              description="Photo to fit (empty: the scene's GANFit photo)")
+    extra_photos: CollectionProperty(name="More Photos", type=GANFIT_PG_photo,
+                                     description="More photos of the same person (with filepath: "
+                                                 "one head fitted to all of them)",
+                                     options={"HIDDEN", "SKIP_SAVE"})
+    photo_dir: StringProperty(name="Photo Folder", subtype="DIR_PATH",
+                              description="Fit every photo in this folder, all of one person "
+                                          "(instead of filepath)",
+                              options={"SKIP_SAVE"})
     preset: EnumProperty(name="Preset", items=_OP_PRESET_ITEMS, default="SCENE")
     texture_resolution: EnumProperty(name="Texture", items=_OP_TEXRES_ITEMS, default="SCENE")
     fit_expression: BoolProperty(name="Fit Expression", default=True)
@@ -96,19 +132,44 @@ class GANFIT_OT_fit(bpy.types.Operator):
             return getattr(self, name)
         return getattr(settings, name)
 
+    def _inputs(self, context: Any) -> tuple[list[str], str | None]:
+        """(photos, photo folder) to fit: the operator's own (``filepath`` and
+        ``extra_photos``, or ``photo_dir``) when the caller gave any, else the scene's (its
+        source's photo and its More Photos, or its Photo Folder). Checked to exist."""
+        settings = getattr(context.scene, "ganfit", None)
+        extra = [p.path for p in self.extra_photos if p.path.strip()]
+        if self.filepath or extra or self.photo_dir:
+            if self.photo_dir and (self.filepath or extra):
+                raise FitError("Give photos or a photo folder, not both")
+            main, folder = self.filepath, self.photo_dir
+        else:
+            main, folder = "", ""
+            if settings is not None:
+                if settings.source == "FOLDER":
+                    folder = settings.photo_dir
+                    if not folder:
+                        raise FitError("Choose a photo folder first")
+                elif settings.source == "IMAGE" and settings.photo_image is not None:
+                    main = _photo_from_image(settings.photo_image)
+                else:  # as before: an Image source with no image falls back to the file
+                    main = settings.photo_path
+                if settings.source != "FOLDER":
+                    extra = [p.path for p in settings.extra_photos if p.path.strip()]
+        if folder:
+            return [], _check_photo_dir(bpy.path.abspath(folder))
+        photos = _unique([bpy.path.abspath(p) for p in [main, *extra] if p])
+        if not photos:
+            raise FitError("Choose a photo first")
+        for photo in photos:
+            if not Path(photo).is_file():
+                raise FitError(f"Photo not found: {photo}")
+        return photos, None
+
     def _start(self, context: Any) -> runner.Job:
         prefs = preferences.get_prefs(context)
         settings = getattr(context.scene, "ganfit", None)
-        photo = bpy.path.abspath(self.filepath) if self.filepath else ""
-        if not photo and settings is not None:
-            if settings.source == "IMAGE" and settings.photo_image is not None:
-                photo = _photo_from_image(settings.photo_image)
-            elif settings.photo_path:
-                photo = bpy.path.abspath(settings.photo_path)
-        if not photo:
-            raise FitError("Choose a photo first")
-        if not Path(photo).is_file():
-            raise FitError(f"Photo not found: {photo}")
+        photos, photo_dir = self._inputs(context)
+        photo = photos[0] if photos else photo_dir
 
         preset = self.preset
         if preset == "SCENE":
@@ -128,15 +189,15 @@ class GANFIT_OT_fit(bpy.types.Operator):
         try:
             if self.output_dir:
                 out = Path(bpy.path.abspath(self.output_dir))
-                runner.check_output_dir(out, photo, self.overwrite)
+                runner.check_output_dir(out, photos or [photo_dir], self.overwrite)
             else:
                 base = _result_base(prefs)
                 try:
                     out = paths.new_result_dir(base, photo)
                 except OSError as exc:
                     raise FitError(f"Cannot write results under {base}: {exc}") from exc
-            return runner.start_fit(photo, out, python=python, preset=preset, device=device,
-                                    texture_res=texture_res,
+            return runner.start_fit(photos, out, python=python, photos_dir=photo_dir,
+                                    preset=preset, device=device, texture_res=texture_res,
                                     neutral=not self._opt(context, "fit_expression"),
                                     max_steps=self.max_steps or None,
                                     overwrite=bool(self.output_dir) and self.overwrite,
@@ -286,4 +347,100 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
 
-classes = (GANFIT_OT_fit, GANFIT_OT_cancel, GANFIT_OT_import_result)
+class GANFIT_OT_add_photos(bpy.types.Operator):
+    """Add more photos of the same person: one head is fitted to all of them, with a camera per photo"""
+
+    bl_idname = "ganfit.add_photos"
+    bl_label = "Add Photos"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    directory: StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    files: CollectionProperty(type=bpy.types.OperatorFileListElement,
+                              options={"HIDDEN", "SKIP_SAVE"})
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def execute(self, context: Any) -> set[str]:
+        settings = context.scene.ganfit
+        chosen = [str(Path(bpy.path.abspath(self.directory)) / f.name)
+                  for f in self.files if f.name]
+        if not chosen:
+            self.report({"ERROR"}, "Choose one or more photos")
+            return {"CANCELLED"}
+        have = {bpy.path.abspath(p.path) for p in settings.extra_photos}
+        have.add(bpy.path.abspath(settings.photo_path) if settings.photo_path else "")
+        added = 0
+        for path in chosen:
+            if path in have:
+                continue
+            if not settings.photo_path and settings.source == "FILE":
+                settings.photo_path = path  # the first photo chosen becomes the primary one
+            else:
+                item = settings.extra_photos.add()
+                item.name, item.path = Path(path).name, path
+            have.add(path)
+            added += 1
+        settings.extra_photos_index = max(0, len(settings.extra_photos) - 1)
+        self.report({"INFO"}, f"Added {added} photo(s)")
+        return {"FINISHED"}
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+
+class GANFIT_OT_remove_photo(bpy.types.Operator):
+    """Remove a photo from the list of more photos (the file stays on disk)"""
+
+    bl_idname = "ganfit.remove_photo"
+    bl_label = "Remove Photo"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    index: IntProperty(name="Index", default=-1,
+                       description="Which photo (-1: the active one in the list)")
+    clear: BoolProperty(name="All", default=False, description="Remove every photo of the list")
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        settings = getattr(context.scene, "ganfit", None)
+        return settings is not None and len(settings.extra_photos) > 0
+
+    def execute(self, context: Any) -> set[str]:
+        settings = context.scene.ganfit
+        if self.clear:
+            settings.extra_photos.clear()
+            settings.extra_photos_index = 0
+            return {"FINISHED"}
+        i = settings.extra_photos_index if self.index < 0 else self.index
+        if not 0 <= i < len(settings.extra_photos):
+            self.report({"ERROR"}, f"No photo {i} in the list")
+            return {"CANCELLED"}
+        settings.extra_photos.remove(i)
+        settings.extra_photos_index = min(i, max(0, len(settings.extra_photos) - 1))
+        return {"FINISHED"}
+
+
+class GANFIT_OT_use_camera(bpy.types.Operator):
+    """Look through this photo's camera: make it the scene camera, with the render size of its photo"""
+
+    bl_idname = "ganfit.use_camera"
+    bl_label = "Use Photo Camera"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    camera: StringProperty(name="Camera", description="Name of a camera a GANFit import made")
+    expression: BoolProperty(name="Photo's Expression", default=True,
+                             description="Also set the head's expression shape keys to the "
+                                         "expression fitted to this photo")
+
+    def execute(self, context: Any) -> set[str]:
+        cam = bpy.data.objects.get(self.camera)
+        if cam is None or cam.type != "CAMERA" or importer.CAMERA_RESOLUTION_PROP not in cam:
+            self.report({"ERROR"}, f"'{self.camera}' is not a GANFit camera (it may have been "
+                                   "deleted): import the result again")
+            return {"CANCELLED"}
+        importer.use_camera(context.scene, cam, expression=self.expression)
+        return {"FINISHED"}
+
+
+classes = (GANFIT_OT_fit, GANFIT_OT_cancel, GANFIT_OT_import_result, GANFIT_OT_add_photos,
+           GANFIT_OT_remove_photo, GANFIT_OT_use_camera)

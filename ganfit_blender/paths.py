@@ -37,6 +37,22 @@ def find_engine_root(addon_dir: Path = ADDON_DIR) -> Path | None:
     return None
 
 
+# What a folder of photos contributes (``--photos DIR``); the engine reads these image types.
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def photos_in(folder: Path) -> list[Path]:
+    """The photos directly in ``folder`` (by suffix, any case), sorted by name, as the engine's
+    ``--photos`` takes them; hidden files are left out.
+
+    Raises:
+        OSError: the folder cannot be listed.
+    """
+    return sorted((p for p in Path(folder).iterdir()
+                   if p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".")
+                   and p.is_file()), key=lambda p: p.name)
+
+
 def _safe_stem(name: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem).strip("._")
     return stem[:48] or "photo"

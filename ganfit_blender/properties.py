@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
-                       StringProperty)
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
+                       PointerProperty, StringProperty)
 
 from . import contract
 
@@ -23,9 +23,18 @@ TEXTURE_RES_ITEMS = (
 )
 
 SOURCE_ITEMS = (
-    ("FILE", "File", "A photo file on disk"),
+    ("FILE", "File", "A photo file on disk (add more photos of the same person below)"),
     ("IMAGE", "Image", "An image already loaded in Blender"),
+    ("FOLDER", "Folder", "Every photo in a folder, all of one person: one head, one camera per "
+                         "photo"),
 )
+
+
+class GANFIT_PG_photo(bpy.types.PropertyGroup):
+    """One more photo of the same person (``scene.ganfit.extra_photos``)."""
+
+    path: StringProperty(name="Photo", subtype="FILE_PATH",
+                         description="Another photo of the same person")
 
 
 class GANFIT_PG_settings(bpy.types.PropertyGroup):
@@ -37,6 +46,14 @@ class GANFIT_PG_settings(bpy.types.PropertyGroup):
                                description="Photo of one face (JPEG, PNG, ...)")
     photo_image: PointerProperty(name="Image", type=bpy.types.Image,
                                  description="An image already loaded in Blender")
+    extra_photos: CollectionProperty(name="More Photos", type=GANFIT_PG_photo,
+                                     description="More photos of the same person: one head is "
+                                                 "fitted to all of them, with a camera per photo")
+    extra_photos_index: IntProperty(name="Active Photo", default=0, min=0)
+    photo_dir: StringProperty(name="Photo Folder", subtype="DIR_PATH",
+                              description="A folder of photos of one person (every JPEG, PNG, "
+                                          "... in it, sorted by name; the first is the primary "
+                                          "photo)")
     preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="DEFAULT",
                          description="Speed/quality trade-off of the fit")
     texture_resolution: EnumProperty(name="Texture", items=TEXTURE_RES_ITEMS, default="PRESET",
@@ -67,4 +84,4 @@ class GANFIT_PG_runtime(bpy.types.PropertyGroup):
     pid: IntProperty(name="Engine PID", default=0)
 
 
-classes = (GANFIT_PG_settings, GANFIT_PG_runtime)
+classes = (GANFIT_PG_photo, GANFIT_PG_settings, GANFIT_PG_runtime)

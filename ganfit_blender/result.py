@@ -9,6 +9,11 @@ Conventions (the only place, with importer.py, that knows them):
 * ``result.json``'s ``camera.world_to_camera`` maps model space to an OpenGL/Blender camera frame,
   so the camera object's world matrix is ``AXIS @ inverse(world_to_camera)``.
 
+A fit of several photos of one person writes one head and a ``views`` list, one entry per photo
+(its photo, image size, camera and render/overlay files; ``views[0]`` is the primary photo, which
+the top-level keys describe too). :func:`load_result` returns the views in
+``ResultFolder.views``; a result without ``views`` is one view made from the top-level keys.
+
 Every file is read and checked by :func:`load_result` before any Blender data is made, so a damaged
 folder fails with a :class:`ResultImportError` and leaves nothing behind.
 """
@@ -153,6 +158,36 @@ def parse_obj(path: Path) -> ObjMesh:
 # Result folder
 # ---------------------------------------------------------------------------------------------
 @dataclass
+class View:
+    """One photo of a result: the photo it was fitted to and its camera.
+
+    Attributes:
+        index: 1-based position in ``views`` (1 = the primary photo).
+        photo: the photo's path as the engine wrote it ("" when unknown).
+        camera: result.json's camera dict of this photo (None: no camera in the result);
+            :func:`camera_setup` turns it into Blender settings.
+        image: ``{"width": ..., "height": ...}`` of the photo (may be empty).
+        files: this view's files in the folder (``render``, ``overlay``), checked to exist.
+        metrics: the view's own metrics (landmark error, ...), numbers only.
+        expression: the expression fitted to this photo, shape key name -> weight (empty when
+            the result has none or it is malformed).
+    """
+
+    index: int
+    photo: str
+    camera: dict[str, Any] | None
+    image: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    expression: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def photo_name(self) -> str:
+        """The photo's file name (``B.jpg``), or ``view <k>`` when the result names none."""
+        return Path(self.photo).name if self.photo else f"view {self.index}"
+
+
+@dataclass
 class ResultFolder:
     """The files of one result folder, loaded (no bpy)."""
 
@@ -166,10 +201,16 @@ class ResultFolder:
     weights: np.ndarray | None = None
     params: dict[str, np.ndarray] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    views: list[View] = field(default_factory=list)
 
     @property
     def has_shape_keys(self) -> bool:
         return self.neutral is not None and self.deltas is not None
+
+    @property
+    def multi_view(self) -> bool:
+        """True for a fit of several photos (result.json's ``views`` has two or more)."""
+        return len(self.views) > 1
 
 
 def _file(folder: Path, meta: dict[str, Any], key: str, default: str) -> Path:
@@ -293,7 +334,92 @@ def load_result(folder: str | Path) -> ResultFolder:
         # Optional extras (the mesh does not depend on them), but a damaged file means a damaged
         # folder: say so rather than import half of it.
         res.params = _npz_arrays(params_path, ())
+    res.views = read_views(folder, meta)
     return res
+
+
+def _numbers(d: Any) -> dict[str, float]:
+    if not isinstance(d, dict):
+        return {}
+    return {str(k): float(v) for k, v in d.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _expression(d: Any) -> dict[str, float]:
+    """``{"names": [...], "weights": [...]}`` as name -> weight; {} unless well formed."""
+    if not isinstance(d, dict):
+        return {}
+    names, weights = d.get("names"), d.get("weights")
+    if not isinstance(names, list) or not isinstance(weights, list) or len(names) != len(weights):
+        return {}
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        return {}
+    return {str(n): float(w) for n, w in zip(names, weights)}
+
+
+def _view(entry: dict[str, Any], index: int) -> View:
+    photo = entry.get("photo")
+    cam = entry.get("camera")
+    image = entry.get("image")
+    return View(index=index, photo=photo if isinstance(photo, str) else "",
+                camera=cam if isinstance(cam, dict) and cam else None,
+                image=dict(image) if isinstance(image, dict) else {},
+                metrics=_numbers(entry.get("metrics")),
+                expression=_expression(entry.get("expression")))
+
+
+def read_views(folder: Path, meta: dict[str, Any]) -> list[View]:
+    """The photos of a result: result.json's ``views`` when it has them (a fit of several
+    photos), else one view made from the top-level ``photo``, ``image`` and ``camera``.
+
+    Each view's camera is checked (:func:`camera_setup`), and every file a view names
+    (``files.render``, ``files.overlay``) must be in the folder. Keys the reader does not know
+    are ignored.
+
+    Raises:
+        ResultImportError: ``views`` that is not a list of objects, a view with a bad camera, or a
+            view whose render/overlay file is missing, naming the view and its photo.
+    """
+    raw = meta.get("views")
+    if raw is None:
+        # A single-photo result, read as before: its camera is checked when the camera is made,
+        # and render.png/overlay.png are extras the import does not need.
+        return [_view(meta, 1)]
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, dict) for v in raw):
+        raise ResultImportError(f"{folder / contract.RESULT_JSON}: 'views' is not a list of views "
+                                "(one object per photo). Run the fit again.")
+    views = []
+    for k, entry in enumerate(raw, start=1):
+        view = _view(entry, k)
+        if entry.get("camera") is not None and not isinstance(entry.get("camera"), dict):
+            raise ResultImportError(f"result.json view {k} ({view.photo_name}): its camera is "
+                                    "not an object. Run the fit again.")
+        if view.camera is None:
+            if len(raw) > 1:
+                raise ResultImportError(f"result.json view {k} ({view.photo_name}) has no "
+                                        "camera. Run the fit again.")
+        else:
+            try:  # checked now, before any Blender data is made
+                camera_setup(view.camera)
+            except ResultImportError as exc:
+                raise ResultImportError(f"{exc} (view {k}, {view.photo_name}). Run the fit "
+                                        "again.") from exc
+        files = entry.get("files")
+        if files is not None and not isinstance(files, dict):
+            raise ResultImportError(f"result.json view {k} ({view.photo_name}): 'files' is not "
+                                    "an object. Run the fit again.")
+        for key, name in (files or {}).items():
+            if not isinstance(name, str) or not name or Path(name).name != name:
+                raise ResultImportError(f"result.json view {k} ({view.photo_name}): files.{key} "
+                                        f"is not a file name in the folder: {name!r}")
+            path = folder / name
+            if not path.is_file():
+                raise ResultImportError(
+                    f"{name} of view {k} ({view.photo_name}) is missing from {folder}: the "
+                    "result folder is incomplete. Run the fit again.")
+            view.files[str(key)] = path
+        views.append(view)
+    return views
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class Job:
     """One fit: its subprocess and what it has told us so far."""
 
     client: client_mod.EngineClient
-    photo: str
+    photo: str  # the (first) photo, or the folder of photos
     result_dir: Path
     argv: list[str]
     state: str = "running"  # running | done | failed | cancelled
@@ -55,6 +55,8 @@ class Job:
     engine_dirs: set[str] = field(default_factory=set)
     tmp_before: frozenset[str] = frozenset()
     temp_dir: Path | None = None  # the engine's TMPDIR, made for this job, removed at its end
+    photos: list[str] = field(default_factory=list)  # every photo given (several: one head)
+    photos_dir: str = ""  # or the folder of photos (``--photos``)
 
     @property
     def finished(self) -> bool:
@@ -82,17 +84,19 @@ class Job:
 _jobs: list[Job] = []
 
 
-def build_command(python: str, photo: str, result_dir: Path, *, preset: str, device: str,
+def build_command(python: str, photo: command.PhotoArg, result_dir: Path, *, preset: str,
+                  device: str, photos_dir: str | Path | None = None,
                   texture_res: int | None = None, neutral: bool = False,
                   max_steps: int | None = None, overwrite: bool = False,
                   extra_args: Sequence[str] = ()) -> list[str]:
     """The engine's ``fit`` command line (``command.fit_command``)."""
-    return command.fit_command(python, photo, result_dir, preset=preset, device=device,
-                               texture_res=texture_res, neutral=neutral, max_steps=max_steps,
-                               overwrite=overwrite, extra_args=extra_args)
+    return command.fit_command(python, photo, result_dir, photos_dir=photos_dir, preset=preset,
+                               device=device, texture_res=texture_res, neutral=neutral,
+                               max_steps=max_steps, overwrite=overwrite, extra_args=extra_args)
 
 
-def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balanced",
+def start_fit(photo: command.PhotoArg, result_dir: Path, *, python: str,
+              photos_dir: str | Path | None = None, preset: str = "balanced",
               device: str = "auto", texture_res: int | None = None, neutral: bool = False,
               max_steps: int | None = None, overwrite: bool = False,
               extra_args: Sequence[str] = (),
@@ -100,6 +104,9 @@ def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balan
     """Start one engine fit in a subprocess and track it.
 
     Args:
+        photo: one photo, or several photos of one person (one head with a camera per photo);
+            None with ``photos_dir``.
+        photos_dir: a folder of photos of one person instead (the engine's ``--photos``).
         overwrite: replace ``result_dir`` if it is a result folder the engine wrote; any other
             existing folder is refused here, before the engine runs.
 
@@ -112,13 +119,25 @@ def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balan
     if not Path(python).is_file():
         raise FitStartError(f"Engine Python not found: {python}. Fix the path in the GANFit "
                             "preferences or install the engine environment")
-    if not Path(photo).is_file():
-        raise FitStartError(f"Photo not found: {photo}")
+    photos = command.photo_list(photo)
+    if photos_dir is not None:
+        if photos:
+            raise FitStartError("Give photos or a folder of photos, not both")
+        if not Path(photos_dir).is_dir():
+            raise FitStartError(f"Photo folder not found: {photos_dir}")
+        inputs = [str(photos_dir)]
+    else:
+        if not photos:
+            raise FitStartError("Choose a photo first")
+        for one in photos:
+            if not Path(one).is_file():
+                raise FitStartError(f"Photo not found: {one}")
+        inputs = photos
     root = paths.find_engine_root()
     if root is None:
         raise FitStartError("The engine is missing from the extension; reinstall it")
     result_dir = Path(result_dir)
-    check_output_dir(result_dir, photo, overwrite)
+    check_output_dir(result_dir, inputs, overwrite)
     for other in _jobs:
         if not other.finished and other.result_dir.resolve() == result_dir.resolve():
             raise FitStartError(f"Another fit is already writing {result_dir}: wait for it or "
@@ -129,8 +148,8 @@ def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balan
         tmp_before = frozenset(p.name for p in paths.engine_tmp_siblings(result_dir))
     except OSError as exc:
         raise FitStartError(f"Cannot write results under {result_dir.parent}: {exc}") from exc
-    argv = build_command(python, photo, result_dir, preset=preset, device=device,
-                         texture_res=texture_res, neutral=neutral, max_steps=max_steps,
+    argv = build_command(python, photos, result_dir, photos_dir=photos_dir, preset=preset,
+                         device=device, texture_res=texture_res, neutral=neutral, max_steps=max_steps,
                          overwrite=overwrite and result_dir.exists(), extra_args=extra_args)
     # A temp folder of this job's own: whatever the engine puts in the temp folder (its
     # ganfit-preview-* folder, library scratch files) is removed with it when the job ends, even
@@ -146,32 +165,37 @@ def start_fit(photo: str, result_dir: Path, *, python: str, preset: str = "balan
     except OSError as exc:
         shutil.rmtree(job_tmp, ignore_errors=True)
         raise FitStartError(f"Could not start the engine with {python}: {exc}") from exc
-    job = Job(client=cl, photo=str(photo), result_dir=result_dir, argv=argv,
+    job = Job(client=cl, photo=inputs[0], result_dir=result_dir, argv=argv,
               message="Starting the engine", python=str(python), tmp_before=tmp_before,
-              temp_dir=job_tmp)
+              temp_dir=job_tmp, photos=photos,
+              photos_dir=str(photos_dir) if photos_dir is not None else "")
     _jobs.append(job)
     _ensure_timer()
     _sync_wm(job)
     return job
 
 
-def check_output_dir(result_dir: Path, photo: str, overwrite: bool) -> None:
+def check_output_dir(result_dir: Path, photo: str | Sequence[str], overwrite: bool) -> None:
     """Refuse, before the engine runs, an output folder the fit must not write: one that exists
-    and is not a result folder the engine wrote (whatever ``overwrite`` says), one that holds the
-    photo, and an existing result folder without ``overwrite``.
+    and is not a result folder the engine wrote (whatever ``overwrite`` says), one that holds a
+    photo (or the folder of photos), and an existing result folder without ``overwrite``.
+
+    Args:
+        photo: the photo, or every photo of the fit, or the folder of photos.
 
     Raises:
         FitStartError: with what to do.
     """
     if not (result_dir.exists() or result_dir.is_symlink()):
         return
-    try:
-        holds_photo = Path(photo).resolve().is_relative_to(result_dir.resolve())
-    except (OSError, RuntimeError):  # a looping symlink
-        holds_photo = True
-    if holds_photo:
-        raise FitStartError(f"{result_dir} holds the photo itself: choose another Result Folder "
-                            "(a fit never writes over its own input)")
+    for one in command.photo_list(photo):
+        try:
+            holds_photo = Path(one).resolve().is_relative_to(result_dir.resolve())
+        except (OSError, RuntimeError):  # a looping symlink
+            holds_photo = True
+        if holds_photo:
+            raise FitStartError(f"{result_dir} holds the photo {Path(one).name} itself: choose "
+                                "another Result Folder (a fit never writes over its own input)")
     if not contract.is_result_folder(result_dir):
         raise FitStartError(f"{result_dir} already exists and is not a GANFit result folder: "
                             "choose another Result Folder (the add-on never replaces other "

@@ -63,6 +63,14 @@ def fake_result_master(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def fake_multi_result_master(tmp_path_factory) -> Path:
+    """A fake result of two photos of one person (views), its photos next to it."""
+    folder = tmp_path_factory.mktemp("fake-mv") / "result"
+    write_fake_result(folder, views=2)
+    return folder
+
+
 @pytest.fixture
 def fake_result(fake_result_master, tmp_path) -> Path:
     """A private copy of a fake result folder (and its photo)."""

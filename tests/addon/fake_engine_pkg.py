@@ -6,6 +6,10 @@ die_early (SIGKILL right after making its preview folder), die (leave a preview 
 no_module (an engine Python without torch: ModuleNotFoundError on stderr, exit 1),
 no_module_msg (the same reported as an ``internal`` protocol error), output (an ``output`` error,
 exit 6), warn (a result whose result.json and ``result`` message carry ``warnings``).
+
+Several photos (``fit A B ... -o OUT`` or ``fit --photos DIR -o OUT``) copy FAKE_RESULT_MULTI, a
+prepared multi-photo result with as many views, and point its views at the photos given (as the
+engine would); a different count is an error.
 """
 
 MAIN = r'''
@@ -16,6 +20,13 @@ if argv[:1] == ["check"]:
                       "models": {"face_model": True}}))
     sys.exit(0)
 out = argv[argv.index("-o") + 1]
+if "--photos" in argv:
+    pdir = argv[argv.index("--photos") + 1]
+    photos = [os.path.join(pdir, n) for n in sorted(os.listdir(pdir))
+              if os.path.splitext(n)[1].lower() in (".jpg", ".jpeg", ".png")]
+else:
+    photos = argv[1:argv.index("-o")]
+photos = [os.path.abspath(p) for p in photos]
 mode = os.environ.get("FAKE_MODE", "ok")
 with open(os.environ["FAKE_ARGV_LOG"], "w") as fh:
     json.dump(argv, fh)
@@ -79,7 +90,20 @@ for i in range(n):
     time.sleep(0.05 if mode == "slow" else 0.0)
 if "--overwrite" in argv and os.path.isfile(os.path.join(out, "result.json")):
     shutil.rmtree(out)
-shutil.copytree(os.environ["FAKE_RESULT"], out)
+if len(photos) > 1:
+    shutil.copytree(os.environ["FAKE_RESULT_MULTI"], out)
+    meta = json.load(open(out + "/result.json"))
+    if len(meta["views"]) != len(photos):
+        shutil.rmtree(out)
+        send(type="error", code="usage", exit_code=2,
+             msg="fake engine: %d photos, the prepared result has %d views" % (len(photos), len(meta["views"])))
+        sys.exit(2)
+    for view, photo in zip(meta["views"], photos):
+        view["photo"] = photo
+    meta["photo"] = photos[0]
+    json.dump(meta, open(out + "/result.json", "w"))
+else:
+    shutil.copytree(os.environ["FAKE_RESULT"], out)
 extra = {}
 if mode == "warn":
     meta = json.load(open(out + "/result.json"))

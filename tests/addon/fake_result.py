@@ -51,14 +51,48 @@ def rotation_y(deg: float) -> np.ndarray:
     return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
 
 
+def _fake_photo(path: Path, width: int, height: int, tint: int) -> Path:
+    gy, gx = np.mgrid[0:height, 0:width]
+    _write_png(path, np.stack([gx % 256, gy % 256, np.full_like(gx, tint)], -1).astype(np.uint8))
+    return path
+
+
+def _fake_camera(width: int, height: int, yaw_deg: float) -> dict:
+    w2c = np.eye(4)
+    w2c[:3, :3] = rotation_y(yaw_deg)
+    w2c[:3, 3] = [0.01, -0.02, -0.6]
+    return {"fx": 600.0, "fy": 600.0, "cx": width / 2 + 7.0, "cy": height / 2 - 11.0,
+            "width": width, "height": height, "focal_source": "default",
+            "world_to_camera": w2c.tolist(), "near": 0.01, "far": 100.0}
+
+
+def _fake_render(folder: Path, suffix: str, width: int, height: int) -> None:
+    from PIL import Image
+    rgba = np.zeros((height, width, 4), np.uint8)
+    rgba[height // 4:3 * height // 4, width // 4:3 * width // 4] = (200, 150, 120, 255)
+    Image.fromarray(rgba, "RGBA").save(folder / f"render{suffix}.png")
+    _write_png(folder / f"overlay{suffix}.png", rgba[..., :3])
+
+
+# The extra photos of a multi-view fake: (yaw of its camera in degrees, width, height).
+EXTRA_VIEWS = ((-35.0, 300, 240), (40.0, 200, 260))
+
+
 def write_fake_result(folder: Path, photo: Path | None = None, width: int = 256,
-                      height: int = 320) -> dict:
+                      height: int = 320, views: int = 1) -> dict:
     """Write a result folder as the engine would (docs/result-format.md) from the face model
     asset: a random identity, a few expression weights, a camera 0.6 m in front of the face.
+
+    With ``views`` >= 2, a fit of several photos of one person (the multi-photo format): the
+    top-level keys describe the first photo, ``views`` has one entry per photo (its own photo
+    file next to the folder, camera at another angle and size from :data:`EXTRA_VIEWS`,
+    render-k.png/overlay-k.png), ``multi_view`` and the ``view_*`` arrays of params.npz.
 
     Returns:
         result.json's dict.
     """
+    if not 1 <= views <= 1 + len(EXTRA_VIEWS):
+        raise ValueError(f"views must be 1..{1 + len(EXTRA_VIEWS)}")
     folder.mkdir(parents=True)
     m = load_model_arrays()
     scale = 1.0 if m.get("_metres") else float(m["metres_per_unit"])
@@ -93,20 +127,9 @@ def write_fake_result(folder: Path, photo: Path | None = None, width: int = 256,
              sh=np.zeros((9, 3), np.float32), texture_model=np.array("texel"))
 
     if photo is None:
-        photo = folder.parent / f"{folder.name}_photo.png"
-        gy, gx = np.mgrid[0:height, 0:width]
-        _write_png(photo, np.stack([gx % 256, gy % 256, np.full_like(gx, 90)], -1).astype(np.uint8))
-    w2c = np.eye(4)
-    w2c[:3, :3] = rotation_y(10.0)
-    w2c[:3, 3] = [0.01, -0.02, -0.6]
-    cam = {"fx": 600.0, "fy": 600.0, "cx": width / 2 + 7.0, "cy": height / 2 - 11.0,
-           "width": width, "height": height, "focal_source": "default",
-           "world_to_camera": w2c.tolist(), "near": 0.01, "far": 100.0}
-    rgba = np.zeros((height, width, 4), np.uint8)
-    rgba[height // 4:3 * height // 4, width // 4:3 * width // 4] = (200, 150, 120, 255)
-    from PIL import Image
-    Image.fromarray(rgba, "RGBA").save(folder / "render.png")
-    _write_png(folder / "overlay.png", rgba[..., :3])
+        photo = _fake_photo(folder.parent / f"{folder.name}_photo.png", width, height, 90)
+    cam = _fake_camera(width, height, 10.0)
+    _fake_render(folder, "", width, height)
     (folder / "engine.log").write_text("fake engine log\n")
     # The engine's own marker writer (stdlib only): --overwrite recognises the folder as a result.
     import sys
@@ -137,8 +160,47 @@ def write_fake_result(folder: Path, photo: Path | None = None, width: int = 256,
                   "overlay": "overlay.png", "params": "params.npz", "log": "engine.log"},
         "some_future_key": {"ignored": True},
     }
+    if views > 1:
+        _add_views(folder, meta, views)
     (folder / "result.json").write_text(json.dumps(meta))
     return meta
+
+
+def _add_views(folder: Path, meta: dict, n: int) -> None:
+    """Turn a one-photo fake into a fit of ``n`` photos (the multi-photo result format)."""
+    per_view = ("photo", "image", "camera", "lighting", "expression", "landmarks", "face")
+    entries = [{**{k: meta[k] for k in per_view},
+                "metrics": {"landmark_error_iod": meta["metrics"]["landmark_error_iod"]},
+                "files": {"render": "render.png", "overlay": "overlay.png"},
+                "future_view_key": 1}]
+    for k, (yaw, w, h) in enumerate(EXTRA_VIEWS[:n - 1], start=2):
+        photo = _fake_photo(folder.parent / f"{folder.name}_photo-{k}.png", w, h, 40 * k)
+        _fake_render(folder, f"-{k}", w, h)
+        weights = np.zeros(len(meta["expression"]["names"]))
+        weights[[1, 9 + k]] = [0.3, 0.1 * k]  # each photo its own expression
+        entries.append({**{key: meta[key] for key in ("lighting", "landmarks")},
+                        "expression": {"names": meta["expression"]["names"],
+                                       "weights": weights.tolist()},
+                        "photo": str(photo), "image": {"width": w, "height": h},
+                        "camera": _fake_camera(w, h, yaw),
+                        "face": {"index": 0, "box": [10.0, 20.0, 120.0, 160.0], "score": 0.9},
+                        "metrics": {"landmark_error_iod": 0.02 + 0.01 * k},
+                        "files": {"render": f"render-{k}.png", "overlay": f"overlay-{k}.png"}})
+        meta["files"][f"render-{k}"] = f"render-{k}.png"
+        meta["files"][f"overlay-{k}"] = f"overlay-{k}.png"
+    meta["views"] = entries
+    meta["multi_view"] = {"count": n, "coverage": {"per_view": [0.6] * n, "merged": 0.8},
+                          "identity_check": {"cosine_to_others": [0.93] * n, "suspect": []}}
+    with np.load(folder / "params.npz") as z:
+        params = dict(z)
+    rot = np.stack([rotation_y(10.0)] + [rotation_y(y) for y, _, _ in EXTRA_VIEWS[:n - 1]])
+    params.update(view_rotation=rot, view_rotation_axis_angle=np.zeros((n, 3), np.float32),
+                  view_translation_cm=np.tile(params["translation_cm"], (n, 1)),
+                  view_expression=np.array([v["expression"]["weights"] for v in entries],
+                                           np.float32),
+                  view_sh=np.zeros((n, 9, 3), np.float32),
+                  view_focal_px=np.full(n, 600.0, np.float32))
+    np.savez(folder / "params.npz", **params)
 
 
 

@@ -78,21 +78,14 @@ def _result_dir() -> Path:
     return Path(_CACHE["result"])
 
 
-def test_camera_render_matches_engine_render(tmp_path):
-    """Workbench render through the imported camera vs the engine's render.png alpha."""
+def _keep_fitted_part(ob) -> None:
+    """Replace ``ob``'s mesh by its evaluated shape (shape keys baked) without the faces outside
+    the fitted vertex group: what the engine's render.png shows."""
     import bmesh
-    from PIL import Image
-
-    folder = _result_dir()
     imp = importlib.import_module(f"{ADDON}.importer")
-    ob = imp.import_result(folder)
-    # render.png shows the fitted part only (the vertex group); drop the carried rest.
     group = ob.vertex_groups[imp.FITTED_GROUP].index
-    ob.shape_key_clear()  # bake nothing: the mix equals face.obj, Basis is neutral
-    ob2 = imp.import_result(folder, create_camera=False, shape_keys=True)
-    bpy.data.objects.remove(ob)
     deps = bpy.context.evaluated_depsgraph_get()
-    me = bpy.data.meshes.new_from_object(ob2.evaluated_get(deps))
+    me = bpy.data.meshes.new_from_object(ob.evaluated_get(deps))
     bm = bmesh.new()
     bm.from_mesh(me)
     deform = bm.verts.layers.deform.active
@@ -100,9 +93,14 @@ def test_camera_render_matches_engine_render(tmp_path):
     bmesh.ops.delete(bm, geom=drop, context="FACES")
     bm.to_mesh(me)
     bm.free()
-    ob2.shape_key_clear()
-    ob2.data = me
+    ob.shape_key_clear()
+    ob.data = me
 
+
+def _alpha_iou_with(ref_png: Path, tmp_path: Path) -> float:
+    """Workbench render through the scene camera (transparent film, half size) vs the alpha of
+    one of the engine's renders: intersection over union of the two silhouettes."""
+    from PIL import Image
     scene = bpy.context.scene
     r = scene.render
     r.engine = "BLENDER_WORKBENCH"
@@ -110,12 +108,23 @@ def test_camera_render_matches_engine_render(tmp_path):
     r.resolution_percentage = 50
     r.image_settings.file_format = "PNG"
     r.image_settings.color_mode = "RGBA"
-    r.filepath = str(tmp_path / "blender.png")
+    r.filepath = str(tmp_path / f"blender-{ref_png.stem}.png")
     bpy.ops.render.render(write_still=True)
-    ours = np.asarray(Image.open(tmp_path / "blender.png"))[..., 3] > 127
-    ref_img = Image.open(folder / "render.png")
-    ref = np.asarray(ref_img.resize(ours.shape[::-1], Image.BILINEAR))[..., 3] > 127
-    iou = (ours & ref).sum() / max(1, (ours | ref).sum())
+    ours = np.asarray(Image.open(r.filepath))[..., 3] > 127
+    ref = np.asarray(Image.open(ref_png).resize(ours.shape[::-1], Image.BILINEAR))[..., 3] > 127
+    return float((ours & ref).sum() / max(1, (ours | ref).sum()))
+
+
+def test_camera_render_matches_engine_render(tmp_path):
+    """Workbench render through the imported camera vs the engine's render.png alpha."""
+    folder = _result_dir()
+    imp = importlib.import_module(f"{ADDON}.importer")
+    ob = imp.import_result(folder)
+    # render.png shows the fitted part only (the vertex group); drop the carried rest.
+    ob2 = imp.import_result(folder, create_camera=False, shape_keys=True)
+    bpy.data.objects.remove(ob)
+    _keep_fitted_part(ob2)
+    iou = _alpha_iou_with(folder / "render.png", tmp_path)
     print(f"IoU {iou:.4f}")
     assert iou >= 0.95, f"IoU {iou:.3f}"
 
@@ -240,3 +249,55 @@ def test_engine_python_without_numpy_or_torch(tmp_path):
     assert "'numpy'" in msg or "'torch'" in msg
     assert "Install Engine Environment" in msg and "Internal error" not in msg
     _assert_clean_failure(out.parent, _runner().jobs()[-1].pid)
+
+
+def _engine_takes_several_photos() -> bool:
+    import subprocess
+    import sys
+    from addon_testlib import REPO
+    proc = subprocess.run([sys.executable, "-m", "engine", "fit", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    return "--photos" in proc.stdout
+
+
+def test_fit_two_photos_of_one_person_real_engine(tmp_path):
+    """Two photos of one person (neutral and smiling): one head, one camera per photo, each with
+    its photo as background, the first the scene camera; the cameras project the head onto their
+    own photo's frame."""
+    if not _engine_takes_several_photos():
+        pytest.skip("this engine's fit takes one photo (no --photos): multi-photo engine not merged")
+    from shared_data import require_shared
+    folder = require_shared("faces", "london-canada")
+    photos = [folder / "london_003_neutral.jpg", folder / "london_003_smiling.jpg"]
+    api = importlib.import_module(f"{ADDON}.api")
+    imp = importlib.import_module(f"{ADDON}.importer")
+    ob = api.fit_photos(photos, preset="fast", max_steps=MAX_STEPS)
+    assert len(_meshes()) == 1 and len(ob.data.vertices) > 1000
+    cams = imp.head_cameras(ob)
+    assert [c.name for c in cams] == [f"{ob.name} camera: {p.name}" for p in photos]
+    scene = bpy.context.scene
+    assert scene.camera == cams[0]
+    for cam, photo in zip(cams, photos):
+        img = cam.data.background_images[0].image
+        assert Path(bpy.path.abspath(img.filepath)).resolve() == photo.resolve()
+        assert tuple(cam["ganfit_resolution"]) == _photo_size(photo)
+    res = imp.load_result(ob["ganfit_result"])
+    assert res.multi_view and [Path(v.photo).name for v in res.views] == [p.name for p in photos]
+    assert all(set(v.files) >= {"render", "overlay"} for v in res.views)
+    # The fake multi-photo result the other tests use has the real one's keys (no drift).
+    from fake_result import write_fake_result
+    fake = write_fake_result(tmp_path / "fake" / "r", views=2)
+    real = res.meta
+    assert set(fake) - {"some_future_key"} <= set(real)
+    assert [set(v) - {"future_view_key"} for v in fake["views"]] == [set(v) for v in real["views"]]
+    assert set(fake["multi_view"]) <= set(real["multi_view"])
+    assert {k: v for k, v in fake["files"].items() if "-" in k} == \
+        {k: v for k, v in real["files"].items() if "-" in k}
+    # Through the second photo's camera, with that photo's expression on the shape keys, Blender
+    # sees the head as the engine's render-2.png shows it.
+    assert bpy.ops.ganfit.use_camera(camera=cams[1].name) == {"FINISHED"}
+    assert (scene.render.resolution_x, scene.render.resolution_y) == _photo_size(photos[1])
+    _keep_fitted_part(ob)
+    iou = _alpha_iou_with(res.views[1].files["render"], tmp_path)
+    print(f"view 2 IoU {iou:.4f}")
+    assert iou >= 0.95, f"view 2 IoU {iou:.3f}"

@@ -213,3 +213,108 @@ def test_make_blend_script(fake_result, tmp_path):
     obs = [o for o in bpy.data.objects if o.type == "MESH"]
     assert len(obs) == 1 and obs[0].data.materials[0].node_tree.nodes["GANFit Albedo"].image
     bpy.ops.wm.read_homefile(use_empty=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several photos of one person: one head, one camera per photo
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def multi_result(tmp_path):
+    from addon_testlib import write_fake_result
+    folder = tmp_path / "mv" / "result"
+    folder.parent.mkdir()
+    write_fake_result(folder, views=3)
+    return folder
+
+
+def test_multi_view_import_one_head_one_camera_per_photo(multi_result):
+    imp = _importer()
+    meta = json.loads((multi_result / "result.json").read_text())
+    assert bpy.ops.ganfit.import_result(directory=str(multi_result)) == {"FINISHED"}
+    ob = bpy.context.view_layer.objects.active
+    _check_imported(ob, multi_result, meta)  # the head, as from one photo
+    assert len([o for o in bpy.data.objects if o.type == "MESH"]) == 1
+    cams = [o for o in bpy.data.objects if o.type == "CAMERA"]
+    assert len(cams) == 3
+    views = meta["views"]
+    names = [f"{ob.name} camera: {Path(v['photo']).name}" for v in views]
+    assert sorted(c.name for c in cams) == sorted(names)
+    assert list(ob["ganfit_cameras"]) == names and ob["ganfit_views"] == 3
+    assert [c.name for c in imp.head_cameras(ob)] == names
+    for name, view in zip(names, views):
+        cam = bpy.data.objects[name]
+        bg = cam.data.background_images[0].image
+        assert Path(bpy.path.abspath(bg.filepath)).resolve() == Path(view["photo"]).resolve()
+        assert tuple(bg.size) == (view["image"]["width"], view["image"]["height"])
+        assert list(cam["ganfit_resolution"]) == [view["camera"]["width"], view["camera"]["height"]]
+        s = imp.camera_setup(view["camera"])
+        assert np.allclose(np.array(cam.matrix_world), s.matrix_world, atol=1e-5)
+        assert cam.data.lens == pytest.approx(s.lens, rel=1e-5)
+        assert name in bpy.data.collections["GANFit"].objects
+    scene = bpy.context.scene
+    assert scene.camera.name == names[0] and ob["ganfit_camera"] == names[0]
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (256, 320)
+
+
+def test_use_camera_switches_the_render_frame(multi_result):
+    imp = _importer()
+    meta = json.loads((multi_result / "result.json").read_text())
+    ob = imp.import_result(multi_result)
+    second = imp.head_cameras(ob)[1]
+    assert bpy.ops.ganfit.use_camera(camera=second.name) == {"FINISHED"}
+    scene = bpy.context.scene
+    assert scene.camera == second
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (300, 240)
+    # Blender's projection through the second camera = the pinhole formula of view 2.
+    cam = meta["views"][1]["camera"]
+    res = imp.load_result(multi_result)
+    pts = res.obj.verts[:: max(1, len(res.obj.verts) // 40)].astype(np.float64)
+    w2c = np.array(cam["world_to_camera"])
+    pc = pts @ w2c[:3, :3].T + w2c[:3, 3]
+    u = cam["cx"] + cam["fx"] * pc[:, 0] / -pc[:, 2]
+    v = cam["cy"] - cam["fy"] * pc[:, 1] / -pc[:, 2]
+    got = imp.projected_points(second, scene, imp.obj_to_blender(pts).astype(np.float64))
+    assert np.abs(got - np.stack([u, v], 1)).max() < 1e-2
+    # ... with the expression fitted to that photo on the head's shape keys, and back.
+    keys = ob.data.shape_keys.key_blocks
+    view2 = dict(zip(meta["views"][1]["expression"]["names"], meta["views"][1]["expression"]["weights"]))
+    assert all(keys[n].value == pytest.approx(w, abs=1e-6) for n, w in view2.items())
+    assert keys[meta["expression"]["names"][20]].value == 0.0 != meta["expression"]["weights"][20]
+    assert bpy.ops.ganfit.use_camera(camera=imp.head_cameras(ob)[0].name) == {"FINISHED"}
+    assert np.allclose([k.value for k in keys[1:]], meta["expression"]["weights"], atol=1e-6)
+    assert bpy.ops.ganfit.use_camera(camera=second.name, expression=False) == {"FINISHED"}
+    assert np.allclose([k.value for k in keys[1:]], meta["expression"]["weights"], atol=1e-6)
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (300, 240)
+    with pytest.raises(RuntimeError, match="not a GANFit camera"):
+        bpy.ops.ganfit.use_camera(camera=ob.name)
+
+
+def test_multi_view_without_cameras_and_long_names(multi_result):
+    imp = _importer()
+    ob = imp.import_result(multi_result, create_camera=False)
+    assert [o for o in bpy.data.objects if o.type == "CAMERA"] == [] and imp.head_cameras(ob) == []
+    assert ob["ganfit_views"] == 3
+    view = imp.View(index=2, photo="/p/" + "ä" * 40 + ".jpg", camera=None)
+    name = imp.camera_name("GANFit_" + "x" * 53, view, True)
+    assert len(name.encode("utf-8")) <= 63 and name.startswith("GANFit_x") and " camera: ä" in name
+    assert imp.camera_name("GANFit_me", view, False) == "GANFit_me_camera"
+
+
+def test_multi_view_failed_import_leaves_nothing(multi_result):
+    imp = _importer()
+    before = {c: len(getattr(bpy.data, c)) for c in ("objects", "meshes", "materials", "images",
+                                                   "cameras", "collections")}
+    real = imp._build_camera
+    calls = []
+
+    def third_fails(name, view, created):
+        calls.append(view.index)
+        if view.index == 3:
+            raise RuntimeError("third camera exploded")
+        return real(name, view, created)
+    import unittest.mock
+    with unittest.mock.patch.object(imp, "_build_camera", third_fails):
+        with pytest.raises(imp.ResultImportError, match="third camera exploded"):
+            imp.import_result(multi_result)
+    assert calls == [1, 2, 3]
+    assert {c: len(getattr(bpy.data, c)) for c in before} == before

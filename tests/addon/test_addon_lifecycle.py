@@ -76,11 +76,12 @@ def test_register_unregister_ten_times():
 
 
 @pytest.fixture
-def fake_engine(addon, tmp_path, monkeypatch, fake_result_master):
+def fake_engine(addon, tmp_path, monkeypatch, fake_result_master, fake_multi_result_master):
     root = fake_engine_pkg.write(tmp_path / "fake_root")
     paths = importlib.import_module(f"{ADDON}.paths")
     monkeypatch.setattr(paths, "find_engine_root", lambda *a, **k: root)
     monkeypatch.setenv("FAKE_RESULT", str(fake_result_master))
+    monkeypatch.setenv("FAKE_RESULT_MULTI", str(fake_multi_result_master))
     monkeypatch.setenv("FAKE_ARGV_LOG", str(tmp_path / "argv.json"))
     photo = Path(json.loads((fake_result_master / "result.json").read_text())["photo"])
 
@@ -252,3 +253,125 @@ def test_fit_from_loaded_image(fake_engine):
     photo = Path(fake_engine.argv()[1])
     assert photo.suffix == ".png" and photo.is_file() and photo.stat().st_size > 0
     assert img.name in bpy.data.images and len(bpy.data.images) >= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Several photos of one person (the fake engine copies its prepared two-photo result)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def two_photos(fake_multi_result_master, tmp_path):
+    """The fake multi-photo result's two photos, copied into a folder as a.png and b.png (sorted
+    by name, as --photos takes them), with a file that is no photo beside them."""
+    meta = json.loads((fake_multi_result_master / "result.json").read_text())
+    folder = tmp_path / "person"
+    folder.mkdir()
+    out = []
+    for view, name in zip(meta["views"], ("a.png", "b.png")):
+        shutil.copy(view["photo"], folder / name)
+        out.append(folder / name)
+    (folder / "notes.txt").write_text("not a photo")
+    return out
+
+
+def _check_multi_head(ob, photos):
+    assert ob.type == "MESH" and len([o for o in bpy.data.objects if o.type == "MESH"]) == 1
+    cams = importlib.import_module(f"{ADDON}.importer").head_cameras(ob)
+    assert [c.name for c in cams] == [f"{ob.name} camera: {p.name}" for p in photos]
+    for cam, photo in zip(cams, photos):
+        img = cam.data.background_images[0].image
+        assert Path(bpy.path.abspath(img.filepath)).resolve() == photo.resolve()
+    scene = bpy.context.scene
+    assert scene.camera == cams[0]
+    assert (scene.render.resolution_x, scene.render.resolution_y) == tuple(cams[0]["ganfit_resolution"])
+    assert sorted(o.name for o in bpy.data.objects if o.type == "CAMERA") == \
+        sorted(c.name for c in cams)
+
+
+def test_fit_operator_several_photos(fake_engine, two_photos):
+    fake_engine("ok")
+    r = bpy.ops.ganfit.fit(filepath=str(two_photos[0]), preset="fast",
+                           extra_photos=[{"name": "p", "path": str(two_photos[1])}, {"name": "p", "path": str(two_photos[0])}])
+    assert r == {"FINISHED"}
+    argv = fake_engine.argv()
+    # every photo once, in order, before -o
+    assert argv[:argv.index("-o")] == ["fit", str(two_photos[0]), str(two_photos[1])]
+    _check_multi_head(bpy.context.view_layer.objects.active, two_photos)
+    assert not bpy.context.window_manager.ganfit.last_error
+
+
+def test_fit_operator_from_the_scenes_folder_and_list(fake_engine, two_photos):
+    fake_engine("ok")
+    s = bpy.context.scene.ganfit
+    s.source = "FOLDER"
+    s.photo_dir = str(two_photos[0].parent)
+    assert bpy.ops.ganfit.fit() == {"FINISHED"}
+    argv = fake_engine.argv()
+    assert argv[:argv.index("-o")] == ["fit", "--photos", str(two_photos[0].parent)]
+    _check_multi_head(bpy.context.view_layer.objects.active, two_photos)
+    # The result folder is named after the photo folder.
+    assert Path(bpy.context.view_layer.objects.active["ganfit_result"]).name.startswith("person-")
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    s = bpy.context.scene.ganfit
+    s.source = "FILE"
+    s.photo_path = str(two_photos[0])
+    s.extra_photos.add().path = str(two_photos[1])
+    assert bpy.ops.ganfit.fit() == {"FINISHED"}
+    argv = fake_engine.argv()
+    assert argv[:argv.index("-o")] == ["fit", str(two_photos[0]), str(two_photos[1])]
+    _check_multi_head(bpy.context.view_layer.objects.active, two_photos)
+
+
+def test_several_photos_bad_input(fake_engine, two_photos, tmp_path):
+    fake_engine("ok")
+    missing = tmp_path / "gone.jpg"
+    with pytest.raises(RuntimeError, match="Photo not found: .*gone.jpg"):
+        bpy.ops.ganfit.fit(filepath=str(two_photos[0]), extra_photos=[{"name": "p", "path": str(missing)}])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("x")
+    with pytest.raises(RuntimeError, match="No photos in .*empty"):
+        bpy.ops.ganfit.fit(photo_dir=str(empty))
+    with pytest.raises(RuntimeError, match="Photo folder not found"):
+        bpy.ops.ganfit.fit(photo_dir=str(tmp_path / "nope"))
+    with pytest.raises(RuntimeError, match="not both"):
+        bpy.ops.ganfit.fit(filepath=str(two_photos[0]), photo_dir=str(empty))
+    s = bpy.context.scene.ganfit
+    s.source = "FOLDER"
+    with pytest.raises(RuntimeError, match="Choose a photo folder first"):
+        bpy.ops.ganfit.fit()
+    # A result folder that holds one of the photos is refused before the engine runs.
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    shutil.copy(two_photos[1], holder / "side.png")
+    with pytest.raises(RuntimeError, match="holds the photo side.png"):
+        bpy.ops.ganfit.fit(filepath=str(two_photos[0]),
+                           extra_photos=[{"name": "p", "path": str(holder / "side.png")}],
+                           output_dir=str(holder), overwrite=True)
+    assert [o for o in bpy.data.objects if o.type == "MESH"] == []
+
+
+def test_api_fit_photos_list_and_folder(fake_engine, two_photos):
+    api = importlib.import_module(f"{ADDON}.api")
+    fake_engine("ok")
+    ob = api.fit_photos(two_photos, preset="fast")
+    _check_multi_head(ob, two_photos)
+    assert fake_engine.argv()[1:3] == [str(p) for p in two_photos]
+    bpy.ops.wm.read_homefile(use_empty=True)
+    ob = api.fit_photo(two_photos[0].parent)  # a folder: every photo in it
+    _check_multi_head(ob, two_photos)
+    assert fake_engine.argv()[1:3] == ["--photos", str(two_photos[0].parent)]
+    bpy.ops.wm.read_homefile(use_empty=True)
+    ob = api.fit_photo([str(p) for p in two_photos])  # fit_photo takes a list too
+    _check_multi_head(ob, two_photos)
+    with pytest.raises(api.FitFailed, match="No photos"):
+        api.fit_photos([])
+    with pytest.raises(TypeError, match="first argument"):
+        api.fit_photos(two_photos, filepath="x")
+    # The fake engine fails on three photos (its result has two views): reported, nothing made.
+    bpy.ops.wm.read_homefile(use_empty=True)
+    extra = two_photos[0].parent / "c.png"
+    shutil.copy(two_photos[0], extra)
+    with pytest.raises(api.FitFailed, match="3 photos, the prepared result has 2 views"):
+        api.fit_photos([*two_photos, extra])
+    assert [o for o in bpy.data.objects if o.type == "MESH"] == []

@@ -18,6 +18,20 @@ from addon_testlib import ADDON
 pytestmark = pytest.mark.usefixtures("addon")
 
 
+class _OpProps:
+    """The properties of an operator button: only the operator's own can be set."""
+
+    def __init__(self, idname: str, log: list) -> None:
+        mod, _, op = idname.partition(".")
+        rna = getattr(getattr(bpy.ops, mod), op).get_rna_type()
+        object.__setattr__(self, "_names", set(rna.properties.keys()))
+        object.__setattr__(self, "_log", log)
+
+    def __setattr__(self, name, value):
+        assert name in self._names, f"the operator has no property {name}"
+        self._log.append(("set", f"{name}={value}"))
+
+
 class FakeLayout:
     def __init__(self, log: list) -> None:
         self._log = log
@@ -37,7 +51,9 @@ class FakeLayout:
         mod, _, op = idname.partition(".")
         assert hasattr(bpy.types, f"{mod.upper()}_OT_{op}"), f"no operator {idname}"
         self._log.append(("operator", idname))
-        return SimpleNamespace()
+        if kw.get("text") is not None:
+            self._log.append(("button", f"{idname}: {kw['text']}"))
+        return _OpProps(idname, self._log)
 
     def label(self, text="", icon="NONE", **kw):
         self._log.append(("label", text))
@@ -52,6 +68,12 @@ class FakeLayout:
 
     def template_icon(self, icon_value=0, scale=1.0):
         self._log.append(("template_icon", icon_value))
+
+    def template_list(self, listtype, list_id, data, propname, active_data, active_propname,
+                      **kw):
+        assert hasattr(bpy.types, listtype), f"no UIList {listtype}"
+        assert propname in data.bl_rna.properties and active_propname in active_data.bl_rna.properties
+        self._log.append(("template_list", propname))
 
 
 def _draw_panel() -> list:
@@ -148,3 +170,47 @@ def test_preset_menus_show_the_contracts_descriptions():
     pref_items = prefs.bl_rna.properties["default_preset"].enum_items
     assert [(i.identifier, i.name, i.description) for i in pref_items] == want
     assert prefs.default_preset == contract.DEFAULT_PRESET
+
+
+def test_panel_several_photos_and_a_folder(tmp_path):
+    settings = bpy.context.scene.ganfit
+    log = _draw_panel()
+    assert ("button", "ganfit.add_photos: Add More Photos of This Person") in log
+    assert not any(e[0] == "template_list" for e in log)
+    photos = []
+    for k in range(2):
+        photos.append(tmp_path / f"p{k}.png")
+        photos[-1].write_bytes(b"x")
+    assert bpy.ops.ganfit.add_photos(directory=str(tmp_path),
+                                     files=[{"name": p.name} for p in photos]) == {"FINISHED"}
+    # The first photo chosen with no photo set becomes the photo, the next ones "more photos".
+    assert settings.photo_path == str(photos[0])
+    assert [p.path for p in settings.extra_photos] == [str(photos[1])]
+    bpy.ops.ganfit.add_photos(directory=str(tmp_path), files=[{"name": "p1.png"}])  # no doubles
+    assert len(settings.extra_photos) == 1
+    log = _draw_panel()
+    assert ("template_list", "extra_photos") in log and ("label", "More photos of this person: 1") in log
+    assert ("set", "clear=True") in log
+    assert bpy.ops.ganfit.remove_photo() == {"FINISHED"} and len(settings.extra_photos) == 0
+    assert not bpy.ops.ganfit.remove_photo.poll()
+    settings.source = "FOLDER"
+    log = _draw_panel()
+    assert ("prop", "photo_dir") in log and ("prop", "photo_path") not in log
+    assert ("operator", "ganfit.add_photos") not in log
+
+
+def test_panel_lists_the_cameras_of_a_multi_photo_head(tmp_path):
+    from addon_testlib import write_fake_result
+    imp = importlib.import_module(f"{ADDON}.importer")
+    folder = tmp_path / "mv" / "result"
+    folder.parent.mkdir()
+    meta = write_fake_result(folder, views=2)
+    ob = imp.import_result(folder)
+    log = _draw_panel()
+    buttons = [t for k, t in log if k == "button" and t.startswith("ganfit.use_camera: ")]
+    assert buttons == [f"ganfit.use_camera: {Path(v['photo']).name}" for v in meta["views"]]
+    assert ("set", f"camera={imp.head_cameras(ob)[1].name}") in log
+    bpy.context.view_layer.objects.active = imp.head_cameras(ob)[1]  # a photo camera: its head's
+    assert [t for k, t in _draw_panel() if k == "button" and "use_camera" in t] == buttons
+    bpy.context.view_layer.objects.active = None
+    assert ("operator", "ganfit.use_camera") not in _draw_panel()

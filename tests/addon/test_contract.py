@@ -119,10 +119,66 @@ def test_runner_command_parses_with_the_engine_parser(preset, extra):
                                extra_args=extra)
     assert argv[:3] == ["/py", "-m", "engine"]
     args = build_parser().parse_args(argv[3:])  # SystemExit(2) on any flag the engine lacks
-    assert (args.command, args.photo, args.output) == ("fit", "/ph/me.png", "/out/me-1")
+    assert (args.command, args.output) == ("fit", "/out/me-1")
+    assert _parsed_inputs(args) == (["/ph/me.png"], None)
     assert (args.preset, args.device, args.texture_res, args.neutral, args.max_steps) == \
         (preset, "cpu", 2048, True, 7)
     assert args.json_progress and args.overwrite
+
+
+def _parsed_inputs(args) -> tuple[list[str], str | None]:
+    """(photos, folder) of a parsed ``fit``: the positional photo(s) and ``--photos``, whether
+    the engine's parser keeps one photo as a string or a list."""
+    pos = getattr(args, "photo", None)
+    photos = list(pos) if isinstance(pos, (list, tuple)) else [pos] if pos else []
+    folder = getattr(args, "photos", None)
+    if folder is None:
+        folder = getattr(args, "photos_dir", None)
+    return photos, folder
+
+
+def test_fit_command_with_several_photos_and_a_folder():
+    argv = command.fit_command("/py", ["/ph/a.jpg", Path("/ph/b.jpg"), "/ph/c.png"], "/out/r",
+                               preset="fast", device="cpu")
+    assert argv[:9] == ["/py", "-m", "engine", "fit", "/ph/a.jpg", "/ph/b.jpg", "/ph/c.png",
+                        "-o", "/out/r"]
+    assert argv.count("--json-progress") == 1 and argv[argv.index("--preset") + 1] == "fast"
+    argv = command.fit_command("/py", None, "/out/r", photos_dir=Path("/ph/person"), max_steps=3)
+    assert argv[:8] == ["/py", "-m", "engine", "fit", "--photos", "/ph/person", "-o", "/out/r"]
+    assert argv[argv.index("--max-steps") + 1] == "3"
+    assert command.fit_command("/py", ("/ph/a.jpg",), "o")[4:6] == ["/ph/a.jpg", "-o"]
+    for bad, kw, match in ((None, {}, "no photo"), ([], {}, "no photo"),
+                           (["/a.jpg"], {"photos_dir": "/d"}, "not both"),
+                           (["/a.jpg", ""], {}, "empty photo")):
+        with pytest.raises(ValueError, match=match):
+            command.fit_command("/py", bad, "o", **kw)
+
+
+def _multi_photo_parser():
+    from engine.cli import build_parser
+    ap = build_parser()
+    try:
+        ap.parse_args(["fit", "a.jpg", "b.jpg", "-o", "o"])
+    except SystemExit:
+        pytest.skip("this engine's fit takes one photo (the multi-photo engine is not merged)")
+    return ap
+
+
+@pytest.mark.parametrize("how", ["list", "folder"])
+def test_multi_photo_command_parses_with_the_engine_parser(how):
+    ap = _multi_photo_parser()
+    if how == "list":
+        argv = command.fit_command("/py", ["/ph/a.jpg", "/ph/b.jpg"], "/out/r", preset="fast",
+                                   device="cpu", max_steps=2, neutral=True)
+        expected = (["/ph/a.jpg", "/ph/b.jpg"], None)
+    else:
+        argv = command.fit_command("/py", None, "/out/r", photos_dir="/ph/person", preset="fast",
+                                   device="cpu", max_steps=2, neutral=True)
+        expected = ([], "/ph/person")
+    args = ap.parse_args(argv[3:])
+    assert (args.command, args.output, args.preset, args.max_steps, args.neutral) == \
+        ("fit", "/out/r", "fast", 2, True)
+    assert _parsed_inputs(args) == expected
 
 
 def test_runner_command_defaults_parse():

@@ -184,3 +184,121 @@ def test_camera_setup_rejects_bad_values(change):
         del cam["fx"]
     with pytest.raises(result.ResultImportError, match="camera"):
         result.camera_setup(cam)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several photos of one person: result.json's ``views``
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def multi_master(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reader-mv") / "result"
+    write_fake_result(folder, views=3)
+    return folder
+
+
+@pytest.fixture
+def multi(multi_master, tmp_path):
+    dst = tmp_path / "mv" / "result"
+    dst.parent.mkdir()
+    shutil.copytree(multi_master, dst)
+    for photo in multi_master.parent.glob("result_photo*.png"):  # the photos beside it
+        shutil.copy(photo, dst.parent / photo.name)
+    return dst
+
+
+def _edit(folder, change):
+    meta = json.loads((folder / "result.json").read_text())
+    change(meta)
+    (folder / "result.json").write_text(json.dumps(meta))
+
+
+def test_one_photo_result_is_one_view_from_the_top_level_keys(folder):
+    res = result.load_result(folder)
+    meta = res.meta
+    assert not res.multi_view and len(res.views) == 1
+    (view,) = res.views
+    assert (view.index, view.photo, view.camera, view.image) == \
+        (1, meta["photo"], meta["camera"], meta["image"])
+    assert view.files == {}  # render.png/overlay.png are not a view's business here
+    assert view.photo_name.endswith("_photo.png")
+
+
+def test_views_are_read_in_order_with_their_files(multi):
+    res = result.load_result(multi)
+    meta = json.loads((multi / "result.json").read_text())
+    assert res.multi_view and [v.index for v in res.views] == [1, 2, 3]
+    assert [v.photo for v in res.views] == [v["photo"] for v in meta["views"]]
+    assert res.views[0].photo == meta["photo"] and res.views[0].camera == meta["camera"]
+    assert [v.camera["width"] for v in res.views] == [256, 300, 200]
+    assert res.views[1].image == {"width": 300, "height": 240}
+    assert res.views[0].files == {"render": multi / "render.png", "overlay": multi / "overlay.png"}
+    assert res.views[2].files == {"render": multi / "render-3.png",
+                                  "overlay": multi / "overlay-3.png"}
+    assert res.views[1].metrics == {"landmark_error_iod": pytest.approx(0.04)}
+    names = meta["expression"]["names"]
+    assert res.views[0].expression == dict(zip(names, meta["expression"]["weights"]))
+    assert res.views[1].expression[names[1]] == pytest.approx(0.3)
+    assert res.views[2].expression[names[12]] == pytest.approx(0.3)
+    assert np.allclose(res.params["view_expression"][2], list(res.views[2].expression.values()))
+    # each camera is its own: the extra photos were taken from other angles
+    setups = [result.camera_setup(v.camera) for v in res.views]
+    assert not np.allclose(setups[0].matrix_world, setups[1].matrix_world)
+    assert res.params["view_rotation"].shape == (3, 3, 3)
+
+
+def test_fake_multi_view_result_keeps_the_documented_single_photo_keys(multi):
+    check_documented_schema(multi)
+
+
+def test_one_entry_views_is_not_multi_view(multi):
+    _edit(multi, lambda m: m.update(views=m["views"][:1]))
+    res = result.load_result(multi)
+    assert len(res.views) == 1 and not res.multi_view
+
+
+@pytest.mark.parametrize("name", ["render-2.png", "overlay-3.png"])
+def test_missing_file_of_a_view_is_a_clear_error(multi, name):
+    (multi / name).unlink()
+    k = name.split("-")[1][0]
+    with pytest.raises(result.ResultImportError,
+                       match=rf"{name} of view {k} \(result_photo-{k}.png\) is missing"):
+        result.load_result(multi)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"fx": -1.0}, r"camera has invalid values \(view 2, result_photo-2.png\)"),
+    ({"world_to_camera": [[1, 0]]}, r"invalid values \(view 2"),
+    ({"width": None}, r"camera is incomplete.*\(view 2, result_photo-2.png\)"),
+])
+def test_bad_camera_of_a_view_is_a_clear_error(multi, change, match):
+    _edit(multi, lambda m: m["views"][1]["camera"].update(change))
+    with pytest.raises(result.ResultImportError, match=match):
+        result.load_result(multi)
+
+
+@pytest.mark.parametrize("views, match", [
+    ("all", "'views' is not a list"), ([], "'views' is not a list"), ([1, 2], "not a list"),
+])
+def test_views_that_are_not_a_list_of_views(multi, views, match):
+    _edit(multi, lambda m: m.update(views=views))
+    with pytest.raises(result.ResultImportError, match=match):
+        result.load_result(multi)
+
+
+def test_view_without_camera_or_with_a_bad_file_name(multi):
+    _edit(multi, lambda m: m["views"][2].pop("camera"))
+    with pytest.raises(result.ResultImportError, match=r"view 3 \(result_photo-3.png\) has no camera"):
+        result.load_result(multi)
+    _edit(multi, lambda m: m["views"][2].update(camera=m["views"][1]["camera"],
+                                                files={"render": "../render-3.png"}))
+    with pytest.raises(result.ResultImportError, match="not a file name in the folder"):
+        result.load_result(multi)
+
+
+def test_unknown_keys_are_ignored(multi):
+    _edit(multi, lambda m: (m["views"][1].update(new_thing={"x": 1}, metrics={"a": "text", "b": 2},
+                                                 expression={"names": ["a"], "weights": [1, 2]}),
+                            m.update(another_key=[1])))
+    res = result.load_result(multi)
+    assert res.multi_view and res.views[1].metrics == {"b": 2.0}
+    assert res.views[1].expression == {}  # malformed: left out, the import goes on
