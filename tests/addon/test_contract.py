@@ -131,6 +131,7 @@ def _parsed_inputs(args) -> tuple[list[str], str | None]:
     the engine's parser keeps one photo as a string or a list."""
     pos = getattr(args, "photo", None)
     photos = list(pos) if isinstance(pos, (list, tuple)) else [pos] if pos else []
+    photos += list(getattr(args, "more_photos", None) or [])  # the engine's PHOTO [MORE ...]
     folder = getattr(args, "photos", None)
     if folder is None:
         folder = getattr(args, "photos_dir", None)
