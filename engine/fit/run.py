@@ -244,7 +244,7 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
     from ..io.image import load_photo
     from ..models.facemodel import load_face_model
     from . import pipeline
-    from .config import get_config
+    from .session import FitOptions
     from .hooks import Hooks
     from .results import write_json
 
@@ -268,19 +268,12 @@ def _fit(run: Run, args: argparse.Namespace, out: Path, work: Path, preview_dir:
         run.check_cancel()
     photo = photos[0]
     H, W = photo.shape[:2]
-    cfg = get_config(args.preset, seed=args.seed, texture_res=args.texture_res,
-                     fit_expression=not args.neutral).capped(args.max_steps)
-    if getattr(args, "detail", None) is not None:
-        from dataclasses import replace as _replace
-        cfg = _replace(cfg, albedo=_replace(cfg.albedo, detail=args.detail))
+    cfg = FitOptions.from_args(args).config()  # as every photo of a batch gets it
     multi = len(photos) > 1
     cams = [photo_camera(p, ph.shape[1], ph.shape[0], args.focal_35mm, cfg,
                          (lambda w, n=p.name: run.warn(f"{n}: {w}")) if multi else run.warn)
             for p, ph in zip(photo_paths, photos)]
     K_full, focal_source = cams[0]
-    if args.recognizer == "none":
-        from dataclasses import replace
-        cfg = replace(cfg, identity=False)
     model = load_face_model(device)
     recognizer = None
     if cfg.identity:

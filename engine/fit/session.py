@@ -58,6 +58,21 @@ class FitOptions:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def config(self):
+        """The fit's settings (``config.FitConfig``) these options give, for ``fit`` and every
+        photo of a batch alike: the preset with the seed, texture size, expression, step cap,
+        detail layer and whether the identity terms are on (not with ``--recognizer none``)."""
+        from dataclasses import replace
+
+        from .config import get_config
+        cfg = get_config(self.preset, seed=self.seed, texture_res=self.texture_res,
+                         fit_expression=not self.neutral).capped(self.max_steps)
+        if self.detail is not None:
+            cfg = replace(cfg, albedo=replace(cfg.albedo, detail=self.detail))
+        if self.recognizer == "none":
+            cfg = replace(cfg, identity=False)
+        return cfg
+
 
 @dataclass
 class PhotoResult:
@@ -95,7 +110,6 @@ class FitSession:
         from .. import render
         from ..models.facemodel import load_face_model
         from . import pipeline
-        from .config import get_config
         from .run import _texture_factory
 
         t = time.perf_counter()
@@ -105,11 +119,7 @@ class FitSession:
         torch.set_num_threads(self.threads)
         self.device = pipeline.pick_device(options.device)
         self.ctx = render.create_context(self.device)
-        cfg = get_config(options.preset, seed=options.seed, texture_res=options.texture_res,
-                         fit_expression=not options.neutral).capped(options.max_steps)
-        if options.recognizer == "none":
-            from dataclasses import replace
-            cfg = replace(cfg, identity=False)
+        cfg = options.config()  # the --detail of a batch reaches its fits (it once did not)
         self.cfg = cfg
         self.model = load_face_model(self.device)
         self.recognizer = None

@@ -145,3 +145,21 @@ def test_batch_takes_the_fit_commands_options_and_defaults():
     b = ap.parse_args(["batch", "d", "-o", "o", "--preset", "fast", "--max-steps", "3", "--threads", "2",
                        "--workers", "2", "--shard", "1/3"])
     assert FitOptions.from_args(b).preset == "fast" and b.shard == (1, 3) and b.workers == 2
+
+
+def test_fit_and_batch_build_the_same_fit_settings_from_their_options():
+    """One place turns the options into the fit's settings: a batch's --detail, --neutral,
+    --max-steps and --recognizer none reach every photo's fit as they reach `fit`'s (the batch
+    once dropped --detail, so its fits had no detail layer)."""
+    from engine.cli import build_parser
+    from engine.fit.session import FitOptions
+    ap = build_parser()
+    extra = ["--preset", "fast", "--detail", "--neutral", "--max-steps", "3", "--recognizer", "none",
+             "--seed", "4"]
+    fit = FitOptions.from_args(ap.parse_args(["fit", "a.jpg", "-o", "o", *extra])).config()
+    batch = FitOptions.from_args(ap.parse_args(["batch", "d", "-o", "o", *extra])).config()
+    assert fit == batch
+    assert batch.albedo.detail and not batch.fit_expression and not batch.identity and batch.seed == 4
+    assert batch.fine_steps <= 3 and batch.preset == "fast"
+    plain = FitOptions.from_args(ap.parse_args(["batch", "d", "-o", "o"])).config()
+    assert not plain.albedo.detail and plain.identity and plain.fit_expression
