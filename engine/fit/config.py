@@ -173,6 +173,10 @@ class FineConfig:
     trust: bool = True
     robust_every: int = 5
     robust_scale: float = 2.5
+    # The eyelids and the gaze (the ARKit ``eye*`` weights) stay at the coarse stage's landmark
+    # fit: the photometric terms do not see the eyes (trust 0) and the recogniser's terms would
+    # otherwise close a lid (a balanced fit of Pratt's open eye came out at eyeBlink_L 0.69).
+    hold_eyes: bool = True
 
 
 @dataclass(frozen=True)

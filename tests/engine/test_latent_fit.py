@@ -198,3 +198,33 @@ def test_outline_landmarks_on_a_beard_pull_less():
     from engine.fit.losses import contour_loss
     line = lm[None, :17] + torch.tensor([0.0, 10.0])      # a jawline 10 px below the points
     assert float(contour_loss(line, lm[None, :17], 70.0, w)) > 0
+
+
+@pytest.mark.needs_shared("photos", "ccby_chris_pratt_2018.jpg")
+def test_the_fine_stage_keeps_the_eyelids_of_the_landmark_fit():
+    """FineConfig.hold_eyes: the eye* expression weights leave the fine stage as the coarse
+    (landmark) stage set them; without it the photometric terms move them (a balanced fit closed
+    Pratt's open left eye, eyeBlink_L 0.69)."""
+    from dataclasses import replace
+
+    from engine.fit import pipeline
+    from engine.fit.hooks import Hooks
+    from engine.fit.session import FitOptions, FitSession
+    from engine.fit.stages import coarse, detect
+    from engine.io.image import load_photo
+    path = shared_path("photos", "ccby_chris_pratt_2018.jpg")
+    s = FitSession(FitOptions(preset="fast", device="cpu", recognizer="none", max_steps=12, threads=2))
+    photo = load_photo(path)
+    face = detect.detect(photo, "mediapipe", "cpu", 0, path, s.cfg.detect)
+    K = pipeline.prior_camera(s.model, face.det68, photo.shape[1], photo.shape[0], s.cfg.camera.subject_distance_cm)
+    framed = detect.frame(photo, face.det68, face.dense, K, s.model, s.cfg, s.device)
+    trust.weigh_outline(framed.targets, trust.skin_trust(framed.crop.image, framed.targets.det[0].cpu().numpy()))
+    rough = coarse.run(s.model, s.cfg, framed, face.expr_init, Hooks(), s.device).params.expr[0].detach()
+    eyes = [i for i, n in enumerate(s.model.expression_names) if n.startswith("eye")]
+    held = pipeline.fit(s.env, photo, K, face.det68, face.dense, face.expr_init, focal_known=False)
+    assert torch.allclose(held.state.expr[0, eyes], rough[eyes])
+    free_env = replace(s.env, cfg=replace(s.cfg, fine=replace(s.cfg.fine, hold_eyes=False)))
+    free = pipeline.fit(free_env, photo, K, face.det68, face.dense, face.expr_init, focal_known=False)
+    assert (free.state.expr[0, eyes] - rough[eyes]).abs().max() > 1e-3
+    others = [i for i in range(s.model.n_expr) if i not in eyes]
+    assert (held.state.expr[0, others] - rough[others]).abs().max() > 1e-3  # the rest is still fitted

@@ -164,6 +164,10 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
     else:
         opt = optimiser(names)
     face_tex = ((views[0].start.uvr.tri_id >= 0) & (views[0].start.uvr.tri_id < model.fit_tri_count))[None].float()
+    held = None  # expression channels kept at the coarse fit (FineConfig.hold_eyes)
+    if fc.hold_eyes and cfg.fit_expression:
+        held = torch.tensor([i for i, name in enumerate(model.expression_names) if name.startswith("eye")],
+                            dtype=torch.long, device=device)
     n = cfg.fine_steps
     preview_at = set()
     if hooks.preview is not None and cfg.preview_count > 0 and n > 0:
@@ -215,6 +219,9 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
         opt.step()
         for f in fits:
             model.clamp_expression(f.p.expr)
+            if held is not None:
+                with torch.no_grad():
+                    f.p.expr[:, held] = f.v.coarse.params.expr.detach()[:, held]
         if step % fc.report_every == 0 or step == n - 1:
             values = as_floats(weighted)
             record(history, step + 1, values)
