@@ -192,9 +192,9 @@ class AlbedoConfig:
     # A latent texture model's per-texel detail layer: the de-lit photo's difference from the
     # model's albedo, kept only where the photo is trusted (seen x frontal x skin x robust weight).
     # Its prior pulls it to 0 with this strength relative to a fully trusted texel's data term.
-    # Off by default: on the shipped model's held-out London people it did not raise the identity
-    # cosine to the unseen smiling photo (0.950 with, 0.954 without, 5 people; scripts/eval_latent.py);
-    # it does keep the photo's wrinkles, freckles and brows (``--detail``).
+    # Off by default: on 29 London people the model never saw it hardly raised the identity cosine
+    # to the unseen smiling photo (0.952 with, 0.950 without; scripts/eval_latent.py); it does keep
+    # the photo's wrinkles, freckles and brows (``--detail``).
     detail: bool = False
     detail_prior: float = 0.1
     detail_robust_scale: float = 3.0   # Geman-McClure scale in MADs of the albedo residual
