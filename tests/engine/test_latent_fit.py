@@ -30,11 +30,9 @@ def _layout() -> np.ndarray:
     lm[22:27] = np.stack([np.linspace(110, 160, 5), np.full(5, 68)], 1)
     lm[27:31] = np.stack([np.full(4, 100), np.linspace(80, 125, 4)], 1)
     lm[31:36] = np.stack([np.linspace(85, 115, 5), np.full(5, 130)], 1)
-    eye = lambda cx: np.stack([cx + 14 * np.cos(a) for a in np.linspace(np.pi, -np.pi, 7)[:6]])  # noqa: E731
     for i, cx in ((36, 65), (42, 135)):
         ang = np.linspace(np.pi, -np.pi, 7)[:6]
         lm[i:i + 6] = np.stack([cx + 14 * np.cos(ang), 90 + 5 * np.sin(ang)], 1)
-    del eye
     ang = np.linspace(np.pi, -np.pi, 13)[:12]
     lm[48:60] = np.stack([100 + 25 * np.cos(ang), 160 + 9 * np.sin(ang)], 1)
     ang = np.linspace(np.pi, -np.pi, 9)[:8]
