@@ -231,7 +231,8 @@ class GeneratorTexture(TextureModel):
             face = fitted + d
             seen = a
         face = uvspace.lift_unseen_dark(face.clamp(0, 1), seen, uvr, model)
-        return uvspace.complete_head(face, uvr, model)
+        skin = seen if cfg is None or cfg.continue_skin else None
+        return uvspace.complete_head(face, uvr, model, seen=skin)
 
 
 # A de-lit photo texel's error (linear albedo units) when the latent is estimated from it: shading

@@ -27,6 +27,11 @@ SOCKET = (0.20, 0.10, 0.09)
 LIP_CM, GUM_CM, TEETH_CM = 0.1, 0.4, 1.6
 GUMS = (0.55, 0.25, 0.24)
 TEETH = (0.72, 0.66, 0.55)
+# ``seen_skin``: a texel above the brows or below the chin keeps the model's colour from how
+# well the photo shows skin there (``albedo.seen_share``): none below KEEP_LO, all above KEEP_HI.
+# Its zone rises over KEEP_ZONE_CM[0] from KEEP_ZONE_CM[1] above the brows (and below the chin).
+KEEP_LO, KEEP_HI = 0.5, 0.9
+KEEP_ZONE_CM = (1.0, 0.3)
 
 
 @dataclass
@@ -280,13 +285,41 @@ def continue_from_border(values: torch.Tensor, known: torch.Tensor, points: torc
     return out, dist
 
 
+def _zone_of(x: torch.Tensor, y: torch.Tensor, model, margin_cm: float, sides: bool = True,
+             offset_cm: float | None = None) -> torch.Tensor:
+    """In [0, 1] at neutral-mesh points (x, y in cm): from ``offset_cm`` (default ``margin_cm``)
+    above the brows up, below the chin and, with ``sides``, ``margin_cm`` beside the eyes, each
+    rising from 0 to 1 over ``margin_cm``: where a photo's skin is often hidden (a fringe, a hat, a
+    collar, the shadow under the jaw) and a linear texture model carries its training photos' hair
+    and clothing."""
+    lm = model.vertices_neutral[model.landmarks68]
+    off = margin_cm if offset_cm is None else offset_cm
+    brow, chin = float(lm[17:27, 1].max()) + off, float(lm[8, 1])
+    ramp = lambda v: (v / margin_cm).clamp(0, 1)  # noqa: E731  soft zone edges
+    zone = torch.maximum(ramp(y - brow), ramp(chin - y))
+    if sides:
+        side = float(lm[[36, 45], 0].abs().max()) + margin_cm
+        zone = torch.maximum(zone, ramp(x.abs() - side))
+    return zone
+
+
+def _zones(uvr: UVRaster, model, margin_cm: float, sides: bool = True,
+           offset_cm: float | None = None) -> torch.Tensor:
+    """(1, T, T): ``_zone_of`` on the face's texels, 0 elsewhere."""
+    rid = {n: i for i, n in enumerate(model.region_names)}
+    face = (uvr.region == rid["face"])[None]
+    pos, _ = render.interpolate(model.vertices_neutral[None].contiguous(), uvr.rast, model.tris)
+    return _zone_of(pos[..., 0], pos[..., 1], model, margin_cm, sides, offset_cm) * face
+
+
 def lift_unseen_dark(albedo: torch.Tensor, seen: torch.Tensor, uvr: UVRaster, model,
                      dark: float = 0.7, margin_cm: float = 1.5) -> torch.Tensor:
     """A linear texture model extrapolates the hair it saw in training onto unseen forehead texels
     (a fringe that the trust weight kept out leaves the model free there) and clothing onto the
-    unseen neck. Above the brows, beside the eyes (by ``margin_cm``, soft) and below the chin,
-    texels that the photo does not show (``seen`` (1, T, T) in [0, 1]) and that are darker than ``dark`` x the seen skin's
-    median luminance are pulled toward that skin tone, smoothly. (1, T, T, 3) -> same."""
+    unseen neck. Above the brows, beside the eyes (by ``margin_cm``, soft) and below the chin
+    (``_zones``), texels that the photo does not show (``seen`` (1, T, T) in [0, 1]) and that are
+    darker than ``dark`` x the seen skin's median luminance are pulled toward that skin tone,
+    smoothly. (1, T, T, 3) -> same."""
     rid = {n: i for i, n in enumerate(model.region_names)}
     face = (uvr.region == rid["face"])[None]
     good = (seen > 0.5) & face
@@ -295,35 +328,59 @@ def lift_unseen_dark(albedo: torch.Tensor, seen: torch.Tensor, uvr: UVRaster, mo
     tone = albedo[good].median(0).values                                   # (3,)
     lum = lambda x: (x * torch.tensor([0.2126, 0.7152, 0.0722], device=x.device)).sum(-1)  # noqa: E731
     t_lum = float(lum(tone))
-    pos, _ = render.interpolate(model.vertices_neutral[None].contiguous(), uvr.rast, model.tris)
-    x, y = pos[..., 0], pos[..., 1]
-    lm = model.vertices_neutral[model.landmarks68]
-    brow, chin = float(lm[17:27, 1].max()) + margin_cm, float(lm[8, 1])
-    side = float(lm[[36, 45], 0].abs().max()) + margin_cm
-    ramp = lambda v: (v / margin_cm).clamp(0, 1)  # noqa: E731  soft zone edges
-    zone = torch.maximum(torch.maximum(ramp(y - brow), ramp(chin - y)), ramp(x.abs() - side)) * face
+    zone = _zones(uvr, model, margin_cm)
     u = ((dark * t_lum - lum(albedo)) / (0.25 * t_lum)).clamp(0, 1) * (1 - seen.clamp(0, 1)) * zone
     k = max(3, (uvr.res // 64) | 1)
     u = F.avg_pool2d(u[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0] * face
     return albedo * (1 - u[..., None]) + tone * u[..., None]
 
 
-def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model) -> torch.Tensor:
+def seen_skin(seen: torch.Tensor, uvr: UVRaster, lo: float = KEEP_LO, hi: float = KEEP_HI) -> torch.Tensor:
+    """(1, T, T) in [0, 1]: ``seen`` (visibility x frontal x skin trust, ``albedo.seen_share``)
+    mapped from 0 at ``lo`` to 1 at ``hi`` (smoothstep), then softened over a few texels."""
+    s = ((seen - lo) / (hi - lo)).clamp(0, 1)
+    s = s * s * (3 - 2 * s)
+    k = max(3, (uvr.res // 64) | 1)
+    return F.avg_pool2d(s[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+
+
+def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model,
+                  seen: torch.Tensor | None = None) -> torch.Tensor:
     """A whole-head atlas from an albedo that is complete on the fitted face (a latent texture
     model's output): the scalp, the back of the head and the neck continue the face's colours over
     the mesh (``continue_from_border``), so there is no band where the face's texels end; the mouth
     socket continues the lips, then gums, teeth and a dark cavity (``GUM_CM``, ``TEETH_CM``);
-    sockets and eyeballs as ``paint_carried``. Returns the (1, T, T, 3) padded atlas."""
+    sockets and eyeballs as ``paint_carried``.
+
+    ``seen`` (1, T, T): how well the photo shows skin per texel (``albedo.seen_share``). With it,
+    from just above the brows up (a fringe may reach them) and below the chin (``_zone_of``,
+    ``KEEP_ZONE_CM``) the face's own texels are kept only as far as
+    the photo shows skin there (``seen_skin``); the rest is continued from the kept ones like the
+    scalp. There the model's colours are no evidence of anything (its training photos' hairlines
+    and collars: a band across the upper forehead, a dark neck), so the skin the photo does show
+    runs on into the scalp and down the neck. Returns the (1, T, T, 3) padded atlas."""
     rid = {n: i for i, n in enumerate(model.region_names)}
     region = uvr.region
     face = (region == rid["face"])[None]
     nf = model.fit_tri_count
-    col, known = vertex_colours(face_albedo, model, model.tris[:nf], model.tri_uvs[:nf])
+    tris, tri_uvs = model.tris[:nf], model.tri_uvs[:nf]
+    keep = None
+    if seen is None:
+        col, known = vertex_colours(face_albedo, model, tris, tri_uvs)
+    else:
+        s_img = seen_skin(seen, uvr) * face
+        ramp, off = KEEP_ZONE_CM
+        keep = 1 - _zones(uvr, model, ramp, sides=False, offset_cm=off) * (1 - s_img)      # (1, T, T)
+        both, known = vertex_colours(torch.cat([face_albedo, s_img[..., None]], -1), model, tris, tri_uvs)
+        v = model.vertices_neutral
+        keep_v = 1 - _zone_of(v[:, 0], v[:, 1], model, ramp, sides=False, offset_cm=off) * (1 - both[:, 3])
+        col, known = both[:, :3], known & (keep_v > 0.5)
     cont, dist = continue_from_border(col, known, model.vertices_neutral, model.tris)
     # Channel 4: the distance to the face (cm), for the mouth socket's bands.
     interp, _ = render.interpolate(torch.cat([cont, dist[:, None]], 1)[None].contiguous(), uvr.rast, model.tris)
     head_img, dist_img = interp[..., :3], interp[..., 3:4]
-    out = torch.where(face[..., None], face_albedo, torch.zeros_like(face_albedo))
+    face_img = face_albedo if keep is None else keep[..., None] * face_albedo + (1 - keep[..., None]) * head_img
+    out = torch.where(face[..., None], face_img, torch.zeros_like(face_albedo))
     head = (region == rid["head_neck"])[None]
     out = torch.where(head[..., None], head_img, out)
     out = paint_carried(out, uvr, model)

@@ -146,6 +146,40 @@ def test_whole_head_albedo_continues_the_face(tmp_path):
     assert float(out[0][sclera].mean()) > 0.5                      # painted eyes are kept
 
 
+def test_hairline_the_photo_does_not_show_gives_way_to_the_skin_it_does():
+    """A model's dark hairline band above the brows is kept where the photo shows skin there and
+    replaced by the skin below it (continued on into the scalp) where it does not: no band."""
+    from engine import render
+    from engine.models.facemodel import load_face_model
+    model = load_face_model("cpu")
+    ctx = render.create_context("cpu")
+    T = 256
+    uvr = uvspace.uv_raster(ctx, model, T)
+    rid = {n: i for i, n in enumerate(model.region_names)}
+    pos, _ = render.interpolate(model.vertices_neutral[None].contiguous(), uvr.rast, model.tris)
+    y = pos[..., 1]
+    brow = float(model.vertices_neutral[model.landmarks68][17:27, 1].max())
+    face = (uvr.region == rid["face"])[None]
+    skin = torch.tensor([0.55, 0.40, 0.32])
+    band = ((y > brow + 2.0) & (y < brow + 4.0) & face)[..., None]
+    albedo = torch.where(band, torch.tensor([0.15, 0.10, 0.08]), skin).expand(1, T, T, 3).contiguous()
+    forehead = (y > brow + 2.2) & (y < brow + 3.8) & face & (pos[..., 0].abs() < 2)
+    scalp = (y > brow + 7) & (uvr.region == rid["head_neck"])[None]
+    lum = lambda a, m: float(a[m].mean())  # noqa: E731
+
+    unseen = torch.where(y > brow + 1.0, 0.0, 1.0) * face          # the photo shows skin only below
+    out = uvspace.complete_head(albedo, uvr, model, seen=unseen)
+    assert abs(lum(out, forehead) - float(skin.mean())) < 0.03      # the band is gone
+    assert abs(lum(out, scalp) - float(skin.mean())) < 0.03         # and the scalp is skin too
+
+    shown = torch.ones(1, T, T) * face                              # the photo shows that band
+    kept = uvspace.complete_head(albedo, uvr, model, seen=shown)
+    assert lum(kept, forehead) < 0.2                                # evidence: kept as it is
+    plain = uvspace.complete_head(albedo, uvr, model)                 # as without ``seen``,
+    same = (kept - plain).abs().amax(-1)[face] < 1e-3                 # but at the face's edge
+    assert float(same.float().mean()) > 0.97
+
+
 def test_missing_default_model_falls_back_with_a_warning(monkeypatch, tmp_path):
     import argparse
 
