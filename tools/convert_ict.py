@@ -7,9 +7,10 @@ Usage:
 
 What is kept (see engine/models/facemodel.py for the reasons):
     fitted   : region 0 `face` (vertices [:9409], polygons [:9230]) - shape, expression, texture
-    carried  : head_neck, mouth_socket, eye sockets, sclera + iris of both eyes - deformed by the
-               same identity/expression modes and textured from the atlas, never fitted directly
-    dropped  : gums/tongue, teeth, lacrimal fluid, eye blend, eye occlusion, eyelashes
+    carried  : head_neck, mouth_socket, eye sockets, sclera + iris of both eyes, and (appended
+               after them, so the others keep their indices) gums/tongue and teeth - deformed by
+               the same identity/expression modes and textured from the atlas, never fitted
+    dropped  : lacrimal fluid, eye blend, eye occlusion, eyelashes
 UVs are re-laid into one atlas in [0,1]^2 (ATLAS below); deltas stay float16.
 """
 
@@ -26,6 +27,9 @@ DEFAULT_DST = REPO / "engine" / "data" / "facemodel" / "ict_face.npz"
 
 CARRIED = ["face", "head_neck", "mouth_socket", "eye_socket_left", "eye_socket_right",
            "sclera_left", "iris_left", "sclera_right", "iris_right"]
+# Carried too, but their vertices and polygons come after all of CARRIED's (added later: the
+# vertex and polygon indices of the others, which the correspondence files and results use, stay).
+APPENDED = ["gums_tongue", "teeth"]
 # Atlas boxes (u0, v0, scale) in [0,1]^2, v up as in OBJ. The source tile of a region is floor(u).
 # The face gets the top-left 0.75 x 0.75 (768 px of a 1024 atlas); the back of the head, neck,
 # mouth and eye sockets (ICT tile 1) the top-right quarter box; one eyeball texture shared by both
@@ -34,24 +38,31 @@ ATLAS = {
     "face": (0.0, 0.25, 0.75),
     "tile1": (0.75, 0.75, 0.25),
     "eyeball": (0.75, 0.5, 0.25),
+    "gums": (0.5, 0.0, 0.25),
+    "teeth": (0.75, 0.25, 0.25),
 }
 REGION_BOX = {"face": "face", "head_neck": "tile1", "mouth_socket": "tile1",
               "eye_socket_left": "tile1", "eye_socket_right": "tile1",
               "sclera_left": "eyeball", "iris_left": "eyeball",
-              "sclera_right": "eyeball", "iris_right": "eyeball"}
+              "sclera_right": "eyeball", "iris_right": "eyeball",
+              "gums_tongue": "gums", "teeth": "teeth"}
 
 
 def convert(src: Path, dst: Path) -> dict:
     d = np.load(src)
     names = [str(n) for n in d["region_names"]]
     poly_region = d["poly_region"].astype(np.int64)
-    keep_region = np.array([n in CARRIED for n in names])
-    poly_keep = keep_region[poly_region]
+    first = np.flatnonzero(np.isin(np.array(names)[poly_region], CARRIED))
+    later = np.flatnonzero(np.isin(np.array(names)[poly_region], APPENDED))
+    poly_keep = np.concatenate([first, later])          # polygon order: CARRIED's, then APPENDED's
     polys_old = d["poly_vertex_indices"][poly_keep]
     puv_old = d["poly_uv_indices"][poly_keep]
     preg = poly_region[poly_keep]
 
-    used = np.unique(polys_old[polys_old >= 0])
+    pv_first = d["poly_vertex_indices"][first]
+    used_first = np.unique(pv_first[pv_first >= 0])
+    pv_later = d["poly_vertex_indices"][later]
+    used = np.concatenate([used_first, np.setdiff1d(pv_later[pv_later >= 0], used_first)])
     n_face = int(d["face_area_vertex_count"])
     assert np.array_equal(used[:n_face], np.arange(n_face)), "face prefix must be kept in order"
     remap = -np.ones(len(d["vertices"]), np.int64)

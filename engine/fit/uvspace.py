@@ -23,8 +23,9 @@ PUPIL = (0.03, 0.03, 0.03)
 MOUTH = (0.35, 0.13, 0.12)
 SOCKET = (0.20, 0.10, 0.09)
 # The mouth socket by distance from the lips (cm, neutral mesh): the lips' colour up to LIP_CM,
-# gums up to GUM_CM, teeth up to TEETH_CM, then the cavity (MOUTH, darker).
-LIP_CM, GUM_CM, TEETH_CM = 0.1, 0.4, 1.6
+# the inner lips and gums (GUMS) up to GUM_CM, then the cavity (MOUTH, darker). The teeth, gums and
+# tongue are ICT's own carried meshes (regions ``teeth`` and ``gums_tongue``, ``paint_carried``).
+LIP_CM, GUM_CM = 0.1, 1.6
 GUMS = (0.55, 0.25, 0.24)
 TEETH = (0.72, 0.66, 0.55)
 # ``seen_skin``: a texel above the brows or below the chin keeps the model's colour from how
@@ -222,6 +223,9 @@ def paint_carried(out: torch.Tensor, uvr: UVRaster, model, mouth: torch.Tensor |
     out = torch.where(mouth_t[..., None], col(MOUTH) if mouth is None else mouth, out)
     sockets = ((region == rid["eye_socket_left"]) | (region == rid["eye_socket_right"]))[None]
     out = torch.where(sockets[..., None], col(SOCKET), out)
+    # ICT's teeth and gums (with the tongue), carried geometry that no photo shows well.
+    out = torch.where((region == rid["gums_tongue"])[None, ..., None], col(GUMS), out)
+    out = torch.where((region == rid["teeth"])[None, ..., None], col(TEETH), out)
     # Eyeballs: ICT's sclera is an opaque ball in front of the iris, so paint the cornea's cap of
     # the ball with the iris, by the angle of each texel's (neutral) 3D point from the eye's axis.
     eyes = [(rid["sclera_left"], rid["iris_left"]), (rid["sclera_right"], rid["iris_right"])]
@@ -349,7 +353,7 @@ def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model,
     """A whole-head atlas from an albedo that is complete on the fitted face (a latent texture
     model's output): the scalp, the back of the head and the neck continue the face's colours over
     the mesh (``continue_from_border``), so there is no band where the face's texels end; the mouth
-    socket continues the lips, then gums, teeth and a dark cavity (``GUM_CM``, ``TEETH_CM``);
+    socket continues the lips, then gums and a dark cavity (``LIP_CM``, ``GUM_CM``);
     sockets and eyeballs as ``paint_carried``.
 
     ``seen`` (1, T, T): how well the photo shows skin per texel (``albedo.seen_share``). With it,
@@ -384,8 +388,8 @@ def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model,
     head = (region == rid["head_neck"])[None]
     out = torch.where(head[..., None], head_img, out)
     out = paint_carried(out, uvr, model)
-    # Mouth socket (ICT's teeth and gums are not carried): from the lips inward, gums, a band of
-    # teeth, then a dark, reddish cavity, by the distance from the lips over the mesh.
+    # Mouth socket: from the lips inward, the inner lips and gums, then a dark, reddish cavity, by
+    # the distance from the lips over the mesh (the teeth in front of it are their own mesh).
     mouth = region[None] == rid["mouth_socket"]
     if mouth.any():
         dev = out.device
@@ -393,8 +397,7 @@ def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model,
         ramp = lambda x: ((d - x) / 0.05 + 0.5).clamp(0, 1)  # noqa: E731  0 -> 1 across x (5 mm)
         colour = (head_img[mouth] * (1 - ramp(LIP_CM))
                   + torch.tensor(GUMS, device=dev) * (ramp(LIP_CM) - ramp(GUM_CM))
-                  + torch.tensor(TEETH, device=dev) * (ramp(GUM_CM) - ramp(TEETH_CM))
-                  + torch.tensor(MOUTH, device=dev) * 0.7 * ramp(TEETH_CM))
+                  + torch.tensor(MOUTH, device=dev) * 0.7 * ramp(GUM_CM))
         out = out.clone()
         out[mouth] = colour
     covered = (region >= 0)[None].float()

@@ -7,20 +7,24 @@ Which parts do what
 * **Fitted**: ICT region ``face`` (vertices ``[:fit_vertex_count]`` = 9,409, polygons
   ``[:fit_poly_count]``, triangles ``[:fit_tri_count]``): forehead, face, ears, under-chin. Only this
   part is rendered while fitting, and its texture comes from the photo.
-* **Carried for the artist**: back of the head and neck, mouth socket, eye sockets, and the sclera and
-  iris of both eyes. They follow the same identity and expression modes, so the head stays whole and
-  animatable, and get their texture from priors (skin tone continued from the face, a generic eyeball).
-* **Dropped**: gums/tongue, teeth, lacrimal fluid, the see-through eye blend and occlusion layers and
-  the eyelash strips: they need their own materials (alpha, separate textures) that a single albedo
-  atlas cannot give, and they play no part in fitting a photo.
+* **Carried for the artist**: back of the head and neck, mouth socket, eye sockets, the sclera and
+  iris of both eyes, and the teeth and the gums with the tongue (their vertices and polygons come
+  after all the others'). They follow the same identity and expression modes, so the head stays
+  whole and animatable (the lower teeth open with ``jawOpen``), and get their texture from priors
+  (skin tone continued from the face, a generic eyeball, teeth and gums colours).
+* **Dropped**: lacrimal fluid, the see-through eye blend and occlusion layers and the eyelash
+  strips: they need their own materials (alpha, separate textures) that a single albedo atlas
+  cannot give, and they play no part in fitting a photo.
 
 UV atlas: one texture in [0,1]^2 (v up, OBJ convention). The face takes the box u in [0, 0.75],
 v in [0.25, 1] and is mirror-symmetric in it (u <-> 0.75 - u is the subject's left <-> right); the
 back of head/neck/sockets take u, v in [0.75, 1]; one eyeball texture shared by both eyes takes
-u in [0.75, 1], v in [0.5, 0.75]. See ``atlas_boxes``.
+u in [0.75, 1], v in [0.5, 0.75]; the teeth u in [0.75, 1], v in [0.25, 0.5]; the gums and tongue
+u in [0.5, 0.75], v in [0, 0.25]. See ``atlas_boxes``.
 
 Units and axes: centimetres, right-handed, +Y up, +Z forward (the face looks toward +Z), +X is the
-subject's left. The neutral mesh is mirror-symmetric about x = 0 (``vertex_mirror``).
+subject's left. The neutral mesh is mirror-symmetric about x = 0 (``vertex_mirror``; the teeth and
+gums to 0.3 mm).
 
 Parameters: ``p_s`` (B, 100) identity coefficients ~ N(0, 1) (modes are pre-scaled by their standard
 deviation); ``p_e`` (B, 53) ARKit-style expression weights in [0, 1]. ``mouthClose`` is a corrective

@@ -35,7 +35,24 @@ def test_shapes_and_parts(model):
     assert model.landmarks68.shape == (68,) and int(model.landmarks68.max()) < model.n_fit_vertices
     kept = {model.region_names[int(r)] for r in torch.unique(model.poly_region)}
     assert "face" in kept and "head_neck" in kept and "iris_left" in kept
-    assert not kept & {"teeth", "gums_tongue", "eyelashes_left", "eye_occlusion_left"}
+    assert {"teeth", "gums_tongue"} <= kept               # an open mouth shows teeth
+    assert not kept & {"eyelashes_left", "eye_occlusion_left"}
+
+
+def test_teeth_are_appended_and_open_with_the_jaw(model):
+    """The teeth and gums come after every other vertex (the rest keep their indices), and the
+    lower teeth move down with jawOpen while the upper ones stay with the skull."""
+    reg = model.vertex_region
+    names = model.region_names
+    mouth = (reg == names.index("teeth")) | (reg == names.index("gums_tongue"))
+    first = int(torch.nonzero(mouth)[0])
+    assert bool(mouth[first:].all()) and first == 17202
+    teeth = torch.nonzero(reg == names.index("teeth"))[:, 0]
+    jaw = torch.zeros(1, model.n_expr)
+    jaw[0, model.expression_names.index("jawOpen")] = 1.0
+    moved = (model(None, jaw, part="all")[0] - model(None, None, part="all")[0])[teeth]
+    assert float(moved[:, 1].min()) < -1.0                  # some drop by over a centimetre
+    assert float(moved[:, 1].abs().quantile(0.2)) < 0.1      # the upper ones stay put
 
 
 def test_forward_batched_differentiable(model):
@@ -56,7 +73,9 @@ def test_forward_batched_differentiable(model):
 def test_neutral_is_mirror_symmetric_and_faces_forward(model):
     v = model.vertices_neutral
     mirrored = v[model.vertex_mirror] * torch.tensor([-1.0, 1.0, 1.0])
-    assert (mirrored - v).abs().max() < 0.01  # cm
+    teeth = 17202                                   # ICT's teeth are symmetric to 0.3 mm only
+    assert (mirrored - v)[:teeth].abs().max() < 0.01  # cm
+    assert (mirrored - v)[teeth:].abs().max() < 0.05
     n = vertex_normals(v[None], model.fit_tris)[0]
     nose = model.landmarks68[30]
     assert n[nose, 2] > 0.9  # outward normals, the face looks toward +Z
@@ -68,7 +87,8 @@ def test_uv_atlas_in_unit_square_with_disjoint_boxes(model):
     uv = model.uvs
     assert uv.min() >= 0 and uv.max() <= 1
     boxes = model.atlas_boxes
-    for region, box in [("face", "face"), ("head_neck", "tile1"), ("iris_left", "eyeball")]:
+    for region, box in [("face", "face"), ("head_neck", "tile1"), ("iris_left", "eyeball"),
+                        ("teeth", "teeth"), ("gums_tongue", "gums")]:
         rid = model.region_names.index(region)
         polys = model.poly_region == rid
         idx = model.poly_uvs[polys]
