@@ -290,30 +290,33 @@ def continue_from_border(values: torch.Tensor, known: torch.Tensor, points: torc
 
 
 def _zone_of(x: torch.Tensor, y: torch.Tensor, model, margin_cm: float, sides: bool = True,
-             offset_cm: float | None = None) -> torch.Tensor:
+             offset_cm: float | None = None, jaw_sides: bool = False) -> torch.Tensor:
     """In [0, 1] at neutral-mesh points (x, y in cm): from ``offset_cm`` (default ``margin_cm``)
     above the brows up, below the chin and, with ``sides``, ``margin_cm`` beside the eyes, each
     rising from 0 to 1 over ``margin_cm``: where a photo's skin is often hidden (a fringe, a hat, a
     collar, the shadow under the jaw) and a linear texture model carries its training photos' hair
-    and clothing."""
+    and clothing. ``jaw_sides`` (without ``sides``): also below the mouth, ``offset_cm`` beyond the
+    outer eye corners (the jaw's sides and the skin under the ears, seen at grazing angles)."""
     lm = model.vertices_neutral[model.landmarks68]
     off = margin_cm if offset_cm is None else offset_cm
     brow, chin = float(lm[17:27, 1].max()) + off, float(lm[8, 1])
     ramp = lambda v: (v / margin_cm).clamp(0, 1)  # noqa: E731  soft zone edges
     zone = torch.maximum(ramp(y - brow), ramp(chin - y))
+    eye_x = float(lm[[36, 45], 0].abs().max())
     if sides:
-        side = float(lm[[36, 45], 0].abs().max()) + margin_cm
-        zone = torch.maximum(zone, ramp(x.abs() - side))
+        zone = torch.maximum(zone, ramp(x.abs() - eye_x - margin_cm))
+    elif jaw_sides:  # the jaw's sides below the mouth and the skin under the ears
+        zone = torch.maximum(zone, ramp(x.abs() - eye_x - off) * ramp(float(lm[[48, 54], 1].mean()) - y))
     return zone
 
 
 def _zones(uvr: UVRaster, model, margin_cm: float, sides: bool = True,
-           offset_cm: float | None = None) -> torch.Tensor:
+           offset_cm: float | None = None, jaw_sides: bool = False) -> torch.Tensor:
     """(1, T, T): ``_zone_of`` on the face's texels, 0 elsewhere."""
     rid = {n: i for i, n in enumerate(model.region_names)}
     face = (uvr.region == rid["face"])[None]
     pos, _ = render.interpolate(model.vertices_neutral[None].contiguous(), uvr.rast, model.tris)
-    return _zone_of(pos[..., 0], pos[..., 1], model, margin_cm, sides, offset_cm) * face
+    return _zone_of(pos[..., 0], pos[..., 1], model, margin_cm, sides, offset_cm, jaw_sides) * face
 
 
 def lift_unseen_dark(albedo: torch.Tensor, seen: torch.Tensor, uvr: UVRaster, model,
@@ -374,10 +377,11 @@ def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model,
     else:
         s_img = seen_skin(seen, uvr) * face
         ramp, off = KEEP_ZONE_CM
-        keep = 1 - _zones(uvr, model, ramp, sides=False, offset_cm=off) * (1 - s_img)      # (1, T, T)
+        keep = 1 - _zones(uvr, model, ramp, sides=False, offset_cm=off, jaw_sides=True) * (1 - s_img)      # (1, T, T)
         both, known = vertex_colours(torch.cat([face_albedo, s_img[..., None]], -1), model, tris, tri_uvs)
         v = model.vertices_neutral
-        keep_v = 1 - _zone_of(v[:, 0], v[:, 1], model, ramp, sides=False, offset_cm=off) * (1 - both[:, 3])
+        keep_v = 1 - _zone_of(v[:, 0], v[:, 1], model, ramp, sides=False, offset_cm=off,
+                              jaw_sides=True) * (1 - both[:, 3])
         col, known = both[:, :3], known & (keep_v > 0.5)
     cont, dist = continue_from_border(col, known, model.vertices_neutral, model.tris)
     # Channel 4: the distance to the face (cm), for the mouth socket's bands.
