@@ -78,6 +78,11 @@ class DetectConfig:
     passes: int = 0
     scale: float = 1.5             # fits inside even a tight portrait crop
     res: int = 512
+    # The last pass detects on this many copies of the canonical crop, shifted by +-``jitter`` x
+    # its side and scaled by 1 +- ``jitter`` (``stages/detect.JITTERS``), and takes the median of
+    # their points: the landmarker's own jitter on a resampled picture averages out.
+    average: int = 1
+    jitter: float = 0.02
 
 
 @dataclass(frozen=True)

@@ -43,38 +43,87 @@ class Framed:
     outline: np.ndarray | None           # the detector's face outline, full-res pixels (or None)
 
 
+# The jittered canonical crops of ``DetectConfig.average``: (shift x, shift y, scale), the shifts
+# in units of ``DetectConfig.jitter`` x the crop side, the scale as 1 + this x the jitter. The
+# first is the canonical crop itself; the others come in opposite pairs, so that their mean is it.
+JITTERS = ((0, 0, 0), (1, 1, 1), (-1, -1, -1), (1, -1, -1), (-1, 1, 1),
+           (1, 0, 1), (-1, 0, -1), (0, 1, -1), (0, -1, 1))
+
+
+def _canonical(img, box, cfg, find, dx: float = 0.0, dy: float = 0.0, ds: float = 0.0):
+    """The face detected on the square of ``cfg.scale`` x ``box``'s side around ``box``'s centre
+    (moved by ``dx``, ``dy`` x the side, grown by 1 + ``ds``), resampled to ``cfg.res`` pixels:
+    the face nearest the square's centre with its points in photo pixels, or None."""
+    from PIL import Image
+    x0, y0, x1, y1 = box
+    side = cfg.scale * max(x1 - x0, y1 - y0) * (1 + ds)
+    if not side > 0:
+        return None
+    left = (x0 + x1 - side) / 2 + dx * side
+    top = (y0 + y1 - side) / 2 + dy * side
+    # Shrinking a lot: box-filter by an integer factor first (as crop.make_crop does).
+    k = max(1, int(side / (2 * cfg.res)))
+    src = img.reduce(k) if k > 1 else img
+    crop = src.transform((cfg.res, cfg.res), Image.Transform.EXTENT,
+                         (left / k, top / k, (left + side) / k, (top + side) / k),
+                         resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+    found = find(np.asarray(crop))
+    if not found:
+        return None
+    c = cfg.res / 2
+    near = min(found, key=lambda f: (f.box[0] + f.box[2] - 2 * c) ** 2 + (f.box[1] + f.box[3] - 2 * c) ** 2)
+    s = side / cfg.res
+    back = lambda pts: (pts.astype(np.float64) * s + np.array([left, top])).astype(np.float32)  # noqa: E731
+    b = near.box
+    return replace(near, box=(b[0] * s + left, b[1] * s + top, b[2] * s + left, b[3] * s + top),
+                   landmarks=back(near.landmarks), landmarks68=back(near.landmarks68),
+                   landmarks_z=None if near.landmarks_z is None else near.landmarks_z * s)
+
+
+def _average(faces: list):
+    """One face from several detections of it: the points' per-coordinate mean (or median of
+    three or more), the box around the mean points' extent as the first's, the blendshapes' mean."""
+    if len(faces) == 1:
+        return faces[0]
+    red = (lambda a: np.median(a, axis=0)) if len(faces) >= 3 else (lambda a: a.mean(axis=0))  # noqa: E731
+    f0 = faces[0]
+    pts = red(np.stack([f.landmarks for f in faces]).astype(np.float64)).astype(np.float32)
+    p68 = red(np.stack([f.landmarks68 for f in faces]).astype(np.float64)).astype(np.float32)
+    z = None
+    if all(f.landmarks_z is not None for f in faces):
+        z = red(np.stack([f.landmarks_z for f in faces]).astype(np.float64)).astype(np.float32)
+    box = tuple(float(v) for v in red(np.array([f.box for f in faces], np.float64)))
+    blend = f0.blendshapes
+    if blend and all(f.blendshapes for f in faces):
+        blend = {k: float(np.mean([f.blendshapes.get(k, v) for f in faces])) for k, v in blend.items()}
+    return replace(f0, box=box, landmarks=pts, landmarks68=p68, landmarks_z=z, blendshapes=blend,
+                   score=float(np.mean([f.score for f in faces])))
+
+
 def redetect(photo: np.ndarray, face, find, cfg=None):
     """The face detected again on canonical crops around its landmarks (``config.DetectConfig``),
-    its points mapped back to photo pixels; the first detection where a pass finds nothing.
+    its points mapped back to photo pixels; the first detection where a pass finds nothing. The
+    last pass detects on ``cfg.average`` slightly shifted and scaled copies of the canonical crop
+    and takes the median of their points (test-time averaging of the landmarker's own jitter).
     ``find(image) -> list[Face]`` is the detector."""
     from PIL import Image
 
     from ..config import DetectConfig
     cfg = cfg or DetectConfig()
+    if cfg.average < 1 or cfg.average > len(JITTERS):
+        raise ValueError(f"DetectConfig.average must be 1..{len(JITTERS)}, not {cfg.average}")
     img = Image.fromarray(photo)
-    for _ in range(cfg.passes):
-        x0, y0, x1, y1 = face.box
-        side = cfg.scale * max(x1 - x0, y1 - y0)
-        if not side > 0:
-            return face
-        left, top = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
-        # Shrinking a lot: box-filter by an integer factor first (as crop.make_crop does).
-        k = max(1, int(side / (2 * cfg.res)))
-        src = img.reduce(k) if k > 1 else img
-        crop = src.transform((cfg.res, cfg.res), Image.Transform.EXTENT,
-                             (left / k, top / k, (left + side) / k, (top + side) / k),
-                             resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
-        found = find(np.asarray(crop))
-        if not found:
-            return face
-        c = cfg.res / 2
-        near = min(found, key=lambda f: (f.box[0] + f.box[2] - 2 * c) ** 2 + (f.box[1] + f.box[3] - 2 * c) ** 2)
-        s = side / cfg.res
-        back = lambda pts: (pts.astype(np.float64) * s + np.array([left, top])).astype(np.float32)  # noqa: E731
-        b = near.box
-        face = replace(near, box=(b[0] * s + left, b[1] * s + top, b[2] * s + left, b[3] * s + top),
-                       landmarks=back(near.landmarks), landmarks68=back(near.landmarks68),
-                       landmarks_z=None if near.landmarks_z is None else near.landmarks_z * s)
+    for i in range(cfg.passes):
+        last = i == cfg.passes - 1
+        jit = JITTERS[: cfg.average] if last else JITTERS[:1]
+        found = []
+        for jx, jy, js in jit:
+            f = _canonical(img, face.box, cfg, find, jx * cfg.jitter, jy * cfg.jitter, js * cfg.jitter)
+            if f is None and not found:
+                return face       # the canonical crop itself found nothing: keep what we have
+            if f is not None:
+                found.append(f)
+        face = _average(found)
     return face
 
 
