@@ -102,6 +102,11 @@ class CameraConfig:
     # that two framings with the same landmarks ended 7% apart in focal length, which moved the
     # shape more than the fixed prior does (benchmarks/shape.py, fast preset).
     fit_distance: bool = False
+    # Where the optical axis meets the photo: "image" (its centre: right for an uncropped photo)
+    # or "face" (the centre of the face's nose and eye landmarks: the face on the axis, whatever
+    # the framing; a crop cannot change it, but an off-centre face of an uncropped photo is then
+    # seen as if on the axis, which the head's rotation absorbs up to a ~1/cos(angle) stretch).
+    principal: str = "image"
     distance_log_sigma: float = 0.5
     distance_rate: float = 0.02    # Adam step on log(distance)
 
