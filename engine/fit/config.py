@@ -83,6 +83,7 @@ class DetectConfig:
     # their points: the landmarker's own jitter on a resampled picture averages out.
     average: int = 1
     jitter: float = 0.02
+    antialias: bool = False        # the crop resampled as ``CropConfig.antialias``
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,10 @@ class CropConfig:
     headroom: float = 0.05         # crop centre moved up by this x side: the forehead has no landmarks
     outline_shrink: float = 0.97   # the detector's face outline shrunk toward its centre by this,
                                    # so that the outline's own error does not let background in
+    # Resample the crop with a filter as wide as the shrink (``crop.resample_square``), so that it
+    # hardly depends on where the photo's pixel grid falls; off: an integer box filter, then bicubic,
+    # which aliases when the remaining shrink is up to 2x.
+    antialias: bool = False
 
 
 @dataclass(frozen=True)

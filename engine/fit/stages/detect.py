@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ...errors import MissingModelError
-from ..crop import Crop, make_crop
+from ..crop import Crop, make_crop, resample_square
 from ..losses import LandmarkTargets
 
 # Below this face-box side (photo pixels) the texture has too few pixels to be more than a blur,
@@ -54,19 +54,13 @@ def _canonical(img, box, cfg, find, dx: float = 0.0, dy: float = 0.0, ds: float 
     """The face detected on the square of ``cfg.scale`` x ``box``'s side around ``box``'s centre
     (moved by ``dx``, ``dy`` x the side, grown by 1 + ``ds``), resampled to ``cfg.res`` pixels:
     the face nearest the square's centre with its points in photo pixels, or None."""
-    from PIL import Image
     x0, y0, x1, y1 = box
     side = cfg.scale * max(x1 - x0, y1 - y0) * (1 + ds)
     if not side > 0:
         return None
     left = (x0 + x1 - side) / 2 + dx * side
     top = (y0 + y1 - side) / 2 + dy * side
-    # Shrinking a lot: box-filter by an integer factor first (as crop.make_crop does).
-    k = max(1, int(side / (2 * cfg.res)))
-    src = img.reduce(k) if k > 1 else img
-    crop = src.transform((cfg.res, cfg.res), Image.Transform.EXTENT,
-                         (left / k, top / k, (left + side) / k, (top + side) / k),
-                         resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+    crop = resample_square(img, left, top, side, cfg.res, fill=(0, 0, 0), antialias=cfg.antialias)
     found = find(np.asarray(crop))
     if not found:
         return None
@@ -179,7 +173,8 @@ def frame(photo: np.ndarray, det68: np.ndarray, dense: np.ndarray | None, K_full
     if dense is not None and len(dense) >= 468:
         from ...perception.landmarks import MEDIAPIPE_FACE_OVAL
         outline = np.asarray(dense)[list(MEDIAPIPE_FACE_OVAL)]
-    crop = make_crop(photo, center, side, cfg.render_res, K_full, device, outline, cfg.crop.outline_shrink)
+    crop = make_crop(photo, center, side, cfg.render_res, K_full, device, outline, cfg.crop.outline_shrink,
+                     cfg.crop.antialias)
 
     det = torch.from_numpy(crop.to_crop(det68)).float().to(device)[None]  # (1, 68, 2)
     iod = float(torch.linalg.norm(det[0, 36] - det[0, 45]))
