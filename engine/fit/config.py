@@ -172,6 +172,9 @@ class FineConfig:
     # Pose rates are this x ``Rates``: after the coarse stage the pose only needs small
     # corrections, and a large pose step makes the pixel term jump between steps.
     pose_rate_scale: float = 0.3
+    # Every rate ramps up linearly over this many first steps (0: none): Adam's first steps move
+    # every coordinate by its full rate whatever its gradient's size.
+    warmup_steps: int = 0
     # Pixels whose normal is within ``grazing_lo`` (cosine) of the silhouette mix face and
     # background: their pixel-loss weight ramps from 0 at cos = grazing_lo to 1 at lo + width.
     grazing_lo: float = 0.2
