@@ -124,16 +124,19 @@ def redetect(photo: np.ndarray, face, find, cfg=None):
 def detect(photo: np.ndarray, backend: str, device: str, face_index: int = 0,
            path: str | Path | None = None, cfg=None) -> Detection:
     """Run the landmark detector, pick face ``face_index`` (0 = the largest) and detect it again
-    on canonical crops (``redetect``; ``cfg``: ``config.DetectConfig``)."""
+    on canonical crops (``redetect``; ``cfg``: ``config.DetectConfig``; its ``average`` with the
+    mediapipe backend only, which keeps one landmarker for every crop)."""
     from ...perception.landmarks import MediaPipeFaceLandmarker, blendshapes_to_ict, detect_faces, select_face
     if backend == "mediapipe":  # one landmarker for every pass (creating one costs more than a pass)
         with MediaPipeFaceLandmarker() as lm:
             faces = lm.detect(photo)
             face = redetect(photo, select_face(faces, face_index, path=path), lm.detect, cfg)
-    else:
+    else:  # other backends load their network on every call: one crop per pass, no averaging
+        from ..config import DetectConfig
         faces = detect_faces(photo, backend=backend, device=device)
         face = redetect(photo, select_face(faces, face_index, path=path),
-                        lambda img: detect_faces(img, backend=backend, device=device), cfg)
+                        lambda img: detect_faces(img, backend=backend, device=device),
+                        replace(cfg or DetectConfig(), average=1))
     dense = face.landmarks.astype(np.float64) if face.scheme == "mediapipe478" else None
     box = [float(x) for x in face.box]
     warnings = []
