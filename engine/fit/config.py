@@ -72,7 +72,8 @@ class DetectConfig:
     last one on ``average`` jittered copies of the square, their points' median.
     Landmark disagreement between the benchmark's framings and the whole photo (mean distance /
     eye distance, median over 32 framings of 8 photos): 0.0061 without re-detection, 0.0029 with 2
-    passes, 0.0017 with 2 passes and the median of 9 crops (0.3 s of detection instead of 0.01 s).
+    passes, 0.0017 with 2 passes and the median of 9 crops (0.2-0.3 s of detection instead of 0.01
+    s; benchmarks/landmark_jitter.py).
     Re-framing benchmark (benchmarks/shape.py --part reframe --preset fast, median / worst face
     shape movement): 0.245 / 0.632 mm without; 0.137 / 0.442 with these settings alone; 0.070 /
     0.150 (head 0.100 / 0.229) together with ``CameraConfig.principal="face"``,
