@@ -81,7 +81,8 @@ class DetectConfig:
     stage take the re-detected landmarks without overshooting (tests/engine/test_pipeline.py
     test_short_fit_lowers_the_total_loss). Not yet on the balanced preset: on 4 of the photos
     (collins, obama, pratt, hopper) its face moved 0.49 / 0.85 mm before and 0.50 / 0.73 after; the
-    recogniser's terms move it (0.16 / 0.27 mm with ``--recognizer none``)."""
+    recogniser's terms move it (0.16 / 0.27 mm with ``--recognizer none``; 0.55 / 0.74 with the
+    content weight 0 alone, so it is the identity term)."""
 
     passes: int = 2
     scale: float = 1.5             # fits inside even a tight portrait crop
