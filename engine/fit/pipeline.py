@@ -50,16 +50,25 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def prior_camera(model, det68: np.ndarray, width: int, height: int, distance_cm: float) -> Intrinsics:
+def prior_camera(model, det68: np.ndarray, width: int, height: int, distance_cm: float,
+                 principal: str = "image") -> Intrinsics:
     """The camera of a photo with no known focal length: the focal length that shows the model's
     mean face as large as the detected one (its nose and eyes, ``camera.RIGID68``) from
     ``distance_cm`` (``config.CameraConfig``). A crop of the photo gets the same focal length in
-    pixels, so the same perspective; a rescaled photo gets it rescaled."""
+    pixels, so the same perspective; a rescaled photo gets it rescaled. The principal point is the
+    image's centre (``principal="image"``) or the centre of those landmarks (``"face"``: the face
+    on the optical axis, which no crop changes either; ``CameraConfig.principal``)."""
+    if principal not in ("image", "face"):
+        raise ValueError(f"principal must be 'image' or 'face', not {principal!r}")
     idx = list(RIGID68)
     pts3 = model.vertices_neutral[model.landmarks68[idx]].detach().cpu().numpy()
-    f = focal_px_from_face(pts3, np.asarray(det68, np.float64)[idx],
-                           distance_cm / (100.0 * model.metres_per_unit))
-    return Intrinsics.from_focal(f, width, height)
+    pts2 = np.asarray(det68, np.float64)[idx]
+    f = focal_px_from_face(pts3, pts2, distance_cm / (100.0 * model.metres_per_unit))
+    K = Intrinsics.from_focal(f, width, height)
+    if principal == "face":
+        cx, cy = (pts2.min(0) + pts2.max(0)) / 2
+        K = Intrinsics(K.fx, K.fy, float(cx), float(cy), K.width, K.height)
+    return K
 
 
 @dataclass
@@ -219,7 +228,7 @@ def run(env: Env, photo: np.ndarray, K_full: Intrinsics | None, out_dir: Path, i
     focal_known = K_full is not None
     if not focal_known:
         K_full = prior_camera(env.model, face.det68, photo.shape[1], photo.shape[0],
-                              env.cfg.camera.subject_distance_cm)
+                              env.cfg.camera.subject_distance_cm, env.cfg.camera.principal)
     out = fit(env, photo, K_full, face.det68, face.dense, face.expr_init, hooks, focal_known)
     out.timings = {"detect": detect_s, **out.timings}
     hooks.check_cancel()
@@ -260,7 +269,7 @@ def run_views(env: Env, photos: list[np.ndarray], Ks: list[Intrinsics | None], o
 
     known = [K is not None for K in Ks]
     Ks = [K if K is not None else prior_camera(env.model, f.det68, ph.shape[1], ph.shape[0],
-                                               env.cfg.camera.subject_distance_cm)
+                                               env.cfg.camera.subject_distance_cm, env.cfg.camera.principal)
           for K, f, ph in zip(Ks, faces, photos)]
     mf = fit_views(env, photos, Ks, faces, known, hooks)
     mf.views[0].timings = {"detect": detect_s, **mf.views[0].timings}

@@ -158,3 +158,28 @@ def test_focal_from_face_recovers_the_lens_and_ignores_the_framing(distance):
     assert prior_camera(model, det68, 1200, 1600, distance).fx == pytest.approx(Kp.fx, rel=1e-9)
     with pytest.raises(ValueError, match="degenerate"):
         focal_px_from_face(pts3, np.zeros((len(pts3), 2)), distance)
+
+
+def test_prior_camera_on_the_face_keeps_the_principal_point_on_the_face_whatever_the_crop():
+    """``CameraConfig.principal="face"``: the optical axis through the face's nose and eyes, so a
+    crop moves the principal point with the face (and the image-centre default does not); a
+    rescale rescales it; anything else is an error."""
+    from engine.fit.pipeline import prior_camera
+    model = load_face_model()
+    K = Intrinsics.from_focal(1500.0, 1200, 1600)
+    pts = model.vertices_neutral[model.landmarks68].numpy().astype(np.float64)
+    det68 = project(torch.tensor(pts - pts.mean(0) + np.array([8.0, -12.0, -100.0]))[None], K)[0].numpy()
+    Kf = prior_camera(model, det68, 1200, 1600, 100.0, principal="face")
+    rigid = det68[27:48]
+    assert (Kf.cx, Kf.cy) == pytest.approx(tuple((rigid.min(0) + rigid.max(0)) / 2))
+    assert abs(Kf.cx - 600) > 50 and abs(Kf.cy - 800) > 50    # an off-centre face
+    Ki = prior_camera(model, det68, 1200, 1600, 100.0)
+    assert Kf.fx == Ki.fx and (Ki.cx, Ki.cy) == (600.0, 800.0)
+    off = np.array([317.0, 91.0])
+    Kc = prior_camera(model, det68 - off, 500, 500, 100.0, principal="face")
+    assert (Kc.cx, Kc.cy) == pytest.approx((Kf.cx - off[0], Kf.cy - off[1]))
+    assert Kc.fx == pytest.approx(Kf.fx, rel=1e-9)
+    Ks = prior_camera(model, det68 * 0.5, 600, 800, 100.0, principal="face")
+    assert (Ks.cx, Ks.cy, Ks.fx) == pytest.approx((Kf.cx * 0.5, Kf.cy * 0.5, Kf.fx * 0.5))
+    with pytest.raises(ValueError, match="principal"):
+        prior_camera(model, det68, 1200, 1600, 100.0, principal="centre")

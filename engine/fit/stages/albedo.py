@@ -64,7 +64,8 @@ def unwrap_photo(ctx, model, cfg, p: FitParams, texture: TextureModel, photo: np
     ac = cfg.albedo
     hi_res = int(min(max(crop.side, ac.photo_res_min), ac.photo_res_max))
     center = np.array([crop.x0 + crop.side / 2, crop.y0 + crop.side / 2])
-    hi = make_crop(photo, center, crop.side, hi_res, K_full, device, outline, cfg.crop.outline_shrink)
+    hi = make_crop(photo, center, crop.side, hi_res, K_full, device, outline, cfg.crop.outline_shrink,
+                   cfg.crop.antialias)
     geom = face_geometry(model, p.shape, p.expr, p.rot, p.trans)
     depth = render_depth(ctx, geom, hi.K, min(hi_res, ac.depth_res))
     pos, nrm, mask = uvspace.texel_geometry(ctx, uvr, geom.cam, geom.normals, model)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ...errors import MissingModelError
-from ..crop import Crop, make_crop
+from ..crop import Crop, make_crop, resample_square
 from ..losses import LandmarkTargets
 
 # Below this face-box side (photo pixels) the texture has too few pixels to be more than a blur,
@@ -43,54 +43,100 @@ class Framed:
     outline: np.ndarray | None           # the detector's face outline, full-res pixels (or None)
 
 
+# The jittered canonical crops of ``DetectConfig.average``: (shift x, shift y, scale), the shifts
+# in units of ``DetectConfig.jitter`` x the crop side, the scale as 1 + this x the jitter. The
+# first is the canonical crop itself; the others come in opposite pairs, so that their mean is it.
+JITTERS = ((0, 0, 0), (1, 1, 1), (-1, -1, -1), (1, -1, -1), (-1, 1, 1),
+           (1, 0, 1), (-1, 0, -1), (0, 1, -1), (0, -1, 1))
+
+
+def _canonical(img, box, cfg, find, dx: float = 0.0, dy: float = 0.0, ds: float = 0.0):
+    """The face detected on the square of ``cfg.scale`` x ``box``'s side around ``box``'s centre
+    (moved by ``dx``, ``dy`` x the side, grown by 1 + ``ds``), resampled to ``cfg.res`` pixels:
+    the face nearest the square's centre with its points in photo pixels, or None."""
+    x0, y0, x1, y1 = box
+    side = cfg.scale * max(x1 - x0, y1 - y0) * (1 + ds)
+    if not side > 0:
+        return None
+    left = (x0 + x1 - side) / 2 + dx * side
+    top = (y0 + y1 - side) / 2 + dy * side
+    crop = resample_square(img, left, top, side, cfg.res, fill=(0, 0, 0), antialias=cfg.antialias)
+    found = find(np.asarray(crop))
+    if not found:
+        return None
+    c = cfg.res / 2
+    near = min(found, key=lambda f: (f.box[0] + f.box[2] - 2 * c) ** 2 + (f.box[1] + f.box[3] - 2 * c) ** 2)
+    s = side / cfg.res
+    back = lambda pts: (pts.astype(np.float64) * s + np.array([left, top])).astype(np.float32)  # noqa: E731
+    b = near.box
+    return replace(near, box=(b[0] * s + left, b[1] * s + top, b[2] * s + left, b[3] * s + top),
+                   landmarks=back(near.landmarks), landmarks68=back(near.landmarks68),
+                   landmarks_z=None if near.landmarks_z is None else near.landmarks_z * s)
+
+
+def _average(faces: list):
+    """One face from several detections of it: the points' per-coordinate mean (or median of
+    three or more), the box around the mean points' extent as the first's, the blendshapes' mean."""
+    if len(faces) == 1:
+        return faces[0]
+    red = (lambda a: np.median(a, axis=0)) if len(faces) >= 3 else (lambda a: a.mean(axis=0))  # noqa: E731
+    f0 = faces[0]
+    pts = red(np.stack([f.landmarks for f in faces]).astype(np.float64)).astype(np.float32)
+    p68 = red(np.stack([f.landmarks68 for f in faces]).astype(np.float64)).astype(np.float32)
+    z = None
+    if all(f.landmarks_z is not None for f in faces):
+        z = red(np.stack([f.landmarks_z for f in faces]).astype(np.float64)).astype(np.float32)
+    box = tuple(float(v) for v in red(np.array([f.box for f in faces], np.float64)))
+    blend = f0.blendshapes
+    if blend and all(f.blendshapes for f in faces):
+        blend = {k: float(np.mean([f.blendshapes.get(k, v) for f in faces])) for k, v in blend.items()}
+    return replace(f0, box=box, landmarks=pts, landmarks68=p68, landmarks_z=z, blendshapes=blend,
+                   score=float(np.mean([f.score for f in faces])))
+
+
 def redetect(photo: np.ndarray, face, find, cfg=None):
     """The face detected again on canonical crops around its landmarks (``config.DetectConfig``),
-    its points mapped back to photo pixels; the first detection where a pass finds nothing.
+    its points mapped back to photo pixels; the first detection where a pass finds nothing. The
+    last pass detects on ``cfg.average`` slightly shifted and scaled copies of the canonical crop
+    and takes the median of their points (test-time averaging of the landmarker's own jitter).
     ``find(image) -> list[Face]`` is the detector."""
     from PIL import Image
 
     from ..config import DetectConfig
     cfg = cfg or DetectConfig()
+    if cfg.average < 1 or cfg.average > len(JITTERS):
+        raise ValueError(f"DetectConfig.average must be 1..{len(JITTERS)}, not {cfg.average}")
     img = Image.fromarray(photo)
-    for _ in range(cfg.passes):
-        x0, y0, x1, y1 = face.box
-        side = cfg.scale * max(x1 - x0, y1 - y0)
-        if not side > 0:
-            return face
-        left, top = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
-        # Shrinking a lot: box-filter by an integer factor first (as crop.make_crop does).
-        k = max(1, int(side / (2 * cfg.res)))
-        src = img.reduce(k) if k > 1 else img
-        crop = src.transform((cfg.res, cfg.res), Image.Transform.EXTENT,
-                             (left / k, top / k, (left + side) / k, (top + side) / k),
-                             resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
-        found = find(np.asarray(crop))
-        if not found:
-            return face
-        c = cfg.res / 2
-        near = min(found, key=lambda f: (f.box[0] + f.box[2] - 2 * c) ** 2 + (f.box[1] + f.box[3] - 2 * c) ** 2)
-        s = side / cfg.res
-        back = lambda pts: (pts.astype(np.float64) * s + np.array([left, top])).astype(np.float32)  # noqa: E731
-        b = near.box
-        face = replace(near, box=(b[0] * s + left, b[1] * s + top, b[2] * s + left, b[3] * s + top),
-                       landmarks=back(near.landmarks), landmarks68=back(near.landmarks68),
-                       landmarks_z=None if near.landmarks_z is None else near.landmarks_z * s)
+    for i in range(cfg.passes):
+        last = i == cfg.passes - 1
+        jit = JITTERS[: cfg.average] if last else JITTERS[:1]
+        found = []
+        for jx, jy, js in jit:
+            f = _canonical(img, face.box, cfg, find, jx * cfg.jitter, jy * cfg.jitter, js * cfg.jitter)
+            if f is None and not found:
+                return face       # the canonical crop itself found nothing: keep what we have
+            if f is not None:
+                found.append(f)
+        face = _average(found)
     return face
 
 
 def detect(photo: np.ndarray, backend: str, device: str, face_index: int = 0,
            path: str | Path | None = None, cfg=None) -> Detection:
     """Run the landmark detector, pick face ``face_index`` (0 = the largest) and detect it again
-    on canonical crops (``redetect``; ``cfg``: ``config.DetectConfig``)."""
+    on canonical crops (``redetect``; ``cfg``: ``config.DetectConfig``; its ``average`` with the
+    mediapipe backend only, which keeps one landmarker for every crop)."""
     from ...perception.landmarks import MediaPipeFaceLandmarker, blendshapes_to_ict, detect_faces, select_face
     if backend == "mediapipe":  # one landmarker for every pass (creating one costs more than a pass)
         with MediaPipeFaceLandmarker() as lm:
             faces = lm.detect(photo)
             face = redetect(photo, select_face(faces, face_index, path=path), lm.detect, cfg)
-    else:
+    else:  # other backends load their network on every call: one crop per pass, no averaging
+        from ..config import DetectConfig
         faces = detect_faces(photo, backend=backend, device=device)
         face = redetect(photo, select_face(faces, face_index, path=path),
-                        lambda img: detect_faces(img, backend=backend, device=device), cfg)
+                        lambda img: detect_faces(img, backend=backend, device=device),
+                        replace(cfg or DetectConfig(), average=1))
     dense = face.landmarks.astype(np.float64) if face.scheme == "mediapipe478" else None
     box = [float(x) for x in face.box]
     warnings = []
@@ -130,7 +176,8 @@ def frame(photo: np.ndarray, det68: np.ndarray, dense: np.ndarray | None, K_full
     if dense is not None and len(dense) >= 468:
         from ...perception.landmarks import MEDIAPIPE_FACE_OVAL
         outline = np.asarray(dense)[list(MEDIAPIPE_FACE_OVAL)]
-    crop = make_crop(photo, center, side, cfg.render_res, K_full, device, outline, cfg.crop.outline_shrink)
+    crop = make_crop(photo, center, side, cfg.render_res, K_full, device, outline, cfg.crop.outline_shrink,
+                     cfg.crop.antialias)
 
     det = torch.from_numpy(crop.to_crop(det68)).float().to(device)[None]  # (1, 68, 2)
     iod = float(torch.linalg.norm(det[0, 36] - det[0, 45]))

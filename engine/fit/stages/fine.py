@@ -216,6 +216,11 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
         loss = L.total(weighted)
         opt.zero_grad()
         loss.backward()
+        if fc.warmup_steps > 0:  # every rate ramps up linearly over its optimiser's first steps
+            ramp = min(1.0, (opt.t + 1) / fc.warmup_steps)
+            base = opt.__dict__.setdefault("base_lr", [g["lr"] for g in opt.groups])
+            for g, lr in zip(opt.groups, base):
+                g["lr"] = lr * ramp
         opt.step()
         for f in fits:
             model.clamp_expression(f.p.expr)
