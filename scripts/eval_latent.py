@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     neutral = sorted(FACES.glob("london_*_neutral.jpg"))
     neutral = [p for p in neutral if Path(str(p).replace("_neutral", "_smiling")).is_file()
                and Path(p.with_suffix("").as_posix() + ".pts189.txt").is_file()]
-    if a.all_people:
-        calib, people = neutral[-a.calibrate:], neutral[: a.n]
+    if a.all_people:  # every k-th of all people, none of them a calibration photo
+        calib = neutral[-a.calibrate:]
+        people = [p for p in neutral if p not in calib][:: a.every][: a.n]
     else:
         held = heldout_persons(a.model)
         people = [p for p in neutral if p.stem.rsplit("_", 1)[0] in held][:: a.every][: a.n]
