@@ -8,10 +8,14 @@ import torch
 
 
 class Adam:
-    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 warmup: int = 0):
+        """``warmup``: every group's rate ramps up linearly over the first this many steps (step t
+        uses t / warmup of it); 0: the full rate from the first step."""
         self.groups = [{"params": list(g["params"]), "lr": float(g["lr"])} for g in groups]
         self.b1, self.b2 = betas
         self.eps = eps
+        self.warmup = int(warmup)
         self.t = 0
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -25,6 +29,7 @@ class Adam:
         self.t += 1
         c1 = 1 - self.b1 ** self.t
         c2 = 1 - self.b2 ** self.t
+        ramp = min(1.0, self.t / self.warmup) if self.warmup > 0 else 1.0
         for g in self.groups:
             for p in g["params"]:
                 if p.grad is None:
@@ -36,4 +41,4 @@ class Adam:
                 m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
                 v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
                 denom = (v / c2).sqrt_().add_(self.eps)
-                p.addcdiv_(m, denom, value=-g["lr"] / c1)
+                p.addcdiv_(m, denom, value=-g["lr"] * ramp / c1)

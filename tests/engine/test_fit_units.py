@@ -48,6 +48,25 @@ def test_adam_minimises_a_quadratic():
     assert torch.allclose(x, torch.tensor([1.0, 0.5]), atol=1e-2)
 
 
+def test_adam_warmup_ramps_the_first_steps():
+    """With ``warmup`` N, step t moves t / N as far as without (Adam's first step moves every
+    coordinate by its rate, whatever its gradient), and from step N on the same."""
+    moves = {}
+    for warm in (0, 4):
+        x = torch.tensor([3.0], requires_grad=True)
+        opt = Adam([{"params": [x], "lr": 0.1}], warmup=warm)
+        steps = []
+        for _ in range(6):
+            before = float(x)
+            opt.zero_grad()
+            (x * 2.0).sum().backward()          # a constant gradient: every plain step is lr
+            opt.step()
+            steps.append(before - float(x))
+        moves[warm] = steps
+    assert moves[0] == pytest.approx([0.1] * 6, rel=1e-4)
+    assert moves[4] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1], rel=1e-4)
+
+
 def test_texel_texture_pyramid_is_trainable():
     base = torch.full((1, 64, 64, 3), 0.5)
     tex = TexelTexture(base, levels=3)

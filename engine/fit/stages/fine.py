@@ -150,7 +150,7 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
         # The shared shape is in the first view's groups only (one Adam state for it).
         groups = [g for i, f in enumerate(fits) for g in f.p.groups(
             cfg.rates, tuple(x for x in group_names if i == 0 or x != "shape"), pose)]
-        return Adam([*groups, *tex_groups])
+        return Adam([*groups, *tex_groups], warmup=fc.warmup_steps)  # FineConfig.warmup_steps
 
     def set_geometry_grad(flag: bool) -> None:
         for f in fits:
@@ -216,11 +216,6 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
         loss = L.total(weighted)
         opt.zero_grad()
         loss.backward()
-        if fc.warmup_steps > 0:  # every rate ramps up linearly over its optimiser's first steps
-            ramp = min(1.0, (opt.t + 1) / fc.warmup_steps)
-            base = opt.__dict__.setdefault("base_lr", [g["lr"] for g in opt.groups])
-            for g, lr in zip(opt.groups, base):
-                g["lr"] = lr * ramp
         opt.step()
         for f in fits:
             model.clamp_expression(f.p.expr)
