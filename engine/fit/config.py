@@ -244,8 +244,8 @@ class AlbedoConfig:
     detail: bool = False
     detail_prior: float = 0.1
     detail_robust_scale: float = 3.0   # Geman-McClure scale in MADs of the albedo residual
-    # A latent model's forehead above the brows and neck below the chin where the photo does not
-    # show skin (a fringe, a hat, a collar, unseen) are continued from the skin it does show
+    # A latent model's forehead above the brows, neck below the chin and jaw sides where the photo
+    # does not show skin (a fringe, a hat, a collar, unseen) are continued from the skin it does show
     # (``uvspace.complete_head``), not left to the model, whose colours there are its training
     # photos' hairlines and collars (the band across the upper forehead).
     continue_skin: bool = True

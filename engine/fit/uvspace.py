@@ -123,6 +123,13 @@ def unwrap(photo: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: Int
     return colour, conf
 
 
+def soften(x: torch.Tensor, res: int, count_pad: bool = False) -> torch.Tensor:
+    """(1, T, T) -> same, box-averaged over about 1/64 of an atlas of ``res`` texels (an odd width,
+    at least 3): the soft edges of the atlas's weights. ``count_pad``: the border counts as 0."""
+    k = max(3, (res // 64) | 1)
+    return F.avg_pool2d(x[:, None], k, stride=1, padding=k // 2, count_include_pad=count_pad)[:, 0]
+
+
 def narrow_texels(uvr: UVRaster, model) -> torch.Tensor:
     """(1, T, T) 1 on texels of the narrow face (no ears, neck or scalp), for the lighting fit and
     the photo's share of the final albedo."""
@@ -133,8 +140,7 @@ def narrow_texels(uvr: UVRaster, model) -> torch.Tensor:
     narrow = ((tri < model.n_narrow_vertices).all(-1) & ok)[None].float()
     # Fade out over ~1.5% of the atlas toward the border, so that the photo's colours blend
     # into the completed texture instead of ending at a hard line.
-    k = max(3, (uvr.res // 64) | 1)
-    soft = F.avg_pool2d(narrow[:, None], k, stride=1, padding=k // 2, count_include_pad=True)[:, 0]
+    soft = soften(narrow, uvr.res, count_pad=True)
     return narrow * ((soft - 0.5) * 2).clamp(0, 1)
 
 
@@ -337,8 +343,7 @@ def lift_unseen_dark(albedo: torch.Tensor, seen: torch.Tensor, uvr: UVRaster, mo
     t_lum = float(lum(tone))
     zone = _zones(uvr, model, margin_cm)
     u = ((dark * t_lum - lum(albedo)) / (0.25 * t_lum)).clamp(0, 1) * (1 - seen.clamp(0, 1)) * zone
-    k = max(3, (uvr.res // 64) | 1)
-    u = F.avg_pool2d(u[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0] * face
+    u = soften(u, uvr.res) * face
     return albedo * (1 - u[..., None]) + tone * u[..., None]
 
 
@@ -346,9 +351,7 @@ def seen_skin(seen: torch.Tensor, uvr: UVRaster, lo: float = KEEP_LO, hi: float 
     """(1, T, T) in [0, 1]: ``seen`` (visibility x frontal x skin trust, ``albedo.seen_share``)
     mapped from 0 at ``lo`` to 1 at ``hi`` (smoothstep), then softened over a few texels."""
     s = ((seen - lo) / (hi - lo)).clamp(0, 1)
-    s = s * s * (3 - 2 * s)
-    k = max(3, (uvr.res // 64) | 1)
-    return F.avg_pool2d(s[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+    return soften(s * s * (3 - 2 * s), uvr.res)
 
 
 def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model,
@@ -360,8 +363,8 @@ def complete_head(face_albedo: torch.Tensor, uvr: UVRaster, model,
     sockets and eyeballs as ``paint_carried``.
 
     ``seen`` (1, T, T): how well the photo shows skin per texel (``albedo.seen_share``). With it,
-    from just above the brows up (a fringe may reach them) and below the chin (``_zone_of``,
-    ``KEEP_ZONE_CM``) the face's own texels are kept only as far as
+    from just above the brows up (a fringe may reach them), below the chin and on the jaw's sides
+    below the mouth (``_zone_of``, ``KEEP_ZONE_CM``) the face's own texels are kept only as far as
     the photo shows skin there (``seen_skin``); the rest is continued from the kept ones like the
     scalp. There the model's colours are no evidence of anything (its training photos' hairlines
     and collars: a band across the upper forehead, a dark neck), so the skin the photo does show

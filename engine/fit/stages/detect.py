@@ -75,8 +75,8 @@ def _canonical(img, box, cfg, find, dx: float = 0.0, dy: float = 0.0, ds: float 
 
 
 def _average(faces: list):
-    """One face from several detections of it: the points' per-coordinate mean (or median of
-    three or more), the box around the mean points' extent as the first's, the blendshapes' mean."""
+    """One face from several detections of it: the points' and the boxes' per-coordinate mean (or
+    median of three or more), the blendshapes' and scores' mean; the rest as the first's."""
     if len(faces) == 1:
         return faces[0]
     red = (lambda a: np.median(a, axis=0)) if len(faces) >= 3 else (lambda a: a.mean(axis=0))  # noqa: E731
