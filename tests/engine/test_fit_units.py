@@ -67,6 +67,24 @@ def test_adam_warmup_ramps_the_first_steps():
     assert moves[4] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1], rel=1e-4)
 
 
+def test_adam_decay_falls_to_zero_on_marked_groups_only():
+    """With ``decay`` N, a group marked ``"decay"`` moves 1, (N-2)/(N-1), ..., 0 x its plain step
+    over N steps and not at all after; an unmarked group keeps its full rate."""
+    x = torch.tensor([3.0], requires_grad=True)
+    y = torch.tensor([3.0], requires_grad=True)
+    opt = Adam([{"params": [x], "lr": 0.1, "decay": True}, {"params": [y], "lr": 0.1}], decay=5)
+    sx, sy = [], []
+    for _ in range(6):
+        bx, by = float(x), float(y)
+        opt.zero_grad()
+        (2.0 * x + 2.0 * y).sum().backward()   # a constant gradient: every plain step is lr
+        opt.step()
+        sx.append(bx - float(x))
+        sy.append(by - float(y))
+    assert sx == pytest.approx([0.1, 0.075, 0.05, 0.025, 0.0, 0.0], abs=1e-6)
+    assert sy == pytest.approx([0.1] * 6, rel=1e-4)
+
+
 def test_texel_texture_pyramid_is_trainable():
     base = torch.full((1, 64, 64, 3), 0.5)
     tex = TexelTexture(base, levels=3)
@@ -163,3 +181,24 @@ def test_uv_raster_covers_face_box_and_mirror_is_an_involution():
     # The face islands are mirror-symmetric in the atlas.
     fm = face[r0:r1, c0:c1]
     assert (fm == fm.flip(1)).float().mean() > 0.97
+
+
+def test_jittered_alignments_shift_and_scale_the_chip():
+    """The identity terms' alignments: the detected one first, then copies whose chip points are
+    scaled about the chip's centre and shifted by the jitter x its side (``detect.JITTERS``)."""
+    from engine.fit.stages.detect import JITTERS
+    from engine.fit.stages.fine import jittered_alignments
+    from engine.perception.align import apply_affine
+
+    M = torch.tensor([[[0.8, 0.1, 5.0], [-0.1, 0.8, 7.0]]])
+    pts = torch.tensor([[10.0, 20.0], [60.0, 40.0]])
+    Ms = jittered_alignments(M, 150, 4, 0.05)
+    assert Ms.shape == (4, 2, 3)
+    assert torch.allclose(Ms[0], M[0])
+    base = apply_affine(M, pts[None])[0]
+    for k in range(1, 4):
+        jx, jy, js = JITTERS[k]
+        want = (base - 75) * (1 + 0.05 * js) + 75 + torch.tensor([jx, jy]) * 0.05 * 150
+        assert torch.allclose(apply_affine(Ms[k:k + 1], pts[None])[0], want, atol=1e-4)
+    with pytest.raises(ValueError, match="identity_average"):
+        jittered_alignments(M, 150, 0, 0.05)

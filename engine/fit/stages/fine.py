@@ -92,7 +92,7 @@ class _ViewFit:
     """A view's per-run state inside ``run_views``: its parameters (the shape tensor is shared by
     every view), its recogniser targets and its robust weights."""
 
-    def __init__(self, v: FineView, shape: torch.Tensor, rec, device):
+    def __init__(self, v: FineView, shape: torch.Tensor, rec, device, average: int = 1, jitter: float = 0.0):
         c = v.coarse.params
         fresh = lambda x: x.detach().clone().requires_grad_(x.requires_grad)  # noqa: E731
         self.v = v
@@ -101,15 +101,36 @@ class _ViewFit:
         self.emb_photo = self.feats_photo = self.M_align = None
         if rec is not None:
             from ...perception.align import five_points_from_68, similarity_from_points, warp
-            self.M_align = similarity_from_points(five_points_from_68(v.framed.targets.det),
-                                                  rec.template.to(device)).detach()
+            M = similarity_from_points(five_points_from_68(v.framed.targets.det), rec.template.to(device))
+            self.M_align = jittered_alignments(M.detach(), rec.input_size, average, jitter)
             with torch.no_grad():
-                self.emb_photo, feats = rec.embed(warp(v.framed.crop.image.permute(0, 3, 1, 2), self.M_align,
+                self.emb_photo, feats = rec.embed(warp(self.chips_of(v.framed.crop.image), self.M_align,
                                                        rec.input_size))
             self.feats_photo = [f.detach() for f in feats]
         self.fixed_trust = v.trust_map if v.trust_map is not None else torch.ones_like(v.framed.crop.face_valid)
         self.robust = torch.ones_like(self.fixed_trust)
         self.metrics: dict[str, float] = {}
+
+    def chips_of(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, H, W, 3) crop -> (K, 3, H, W), one copy per alignment of ``M_align``."""
+        return image.permute(0, 3, 1, 2).expand(self.M_align.shape[0], -1, -1, -1)
+
+
+def jittered_alignments(M: torch.Tensor, size: int, count: int, jitter: float) -> torch.Tensor:
+    """(count, 2, 3): the recogniser's alignment ``M`` (1, 2, 3), then copies shifted by +-``jitter``
+    x the chip's side and scaled about its centre by 1 +- ``jitter`` (``detect.JITTERS``), so that
+    the identity terms are averaged over small misalignments (``FineConfig.identity_average``)."""
+    from .detect import JITTERS
+    if count < 1 or count > len(JITTERS):
+        raise ValueError(f"FineConfig.identity_average must be 1..{len(JITTERS)}, not {count}")
+    c = size / 2
+    out = []
+    for jx, jy, js in JITTERS[:count]:
+        s = 1 + js * jitter
+        A = M[0, :, :2] * s
+        t = (M[0, :, 2] - c) * s + c + torch.tensor([jx, jy], dtype=M.dtype, device=M.device) * jitter * size
+        out.append(torch.cat([A, t[:, None]], 1))
+    return torch.stack(out)
 
 
 def run(ctx, model, cfg, coarse: CoarseResult, start: Unwrapped, framed: Framed, recognizer,
@@ -131,26 +152,33 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
     first fitted alone with the lighting (``cfg.fine.latent_first`` of the steps), then with the
     geometry (GANFit's schedule). Returns one result per view (the texture is the same object)."""
     W, fc = cfg.weights, cfg.fine
+    rec = recognizer if cfg.identity else None
     # The shared shape starts at the mean of the photos' own coarse shapes (one photo: its own).
     c0 = views[0].coarse.params.shape
     start = c0 if len(views) == 1 else torch.stack([v.coarse.params.shape for v in views]).mean(0)
     shape = start.detach().clone().requires_grad_(c0.requires_grad)
-    rec = recognizer if cfg.identity else None
     if rec is not None:
         from ...perception.align import warp
-    fits = [_ViewFit(v, shape, rec, device) for v in views]
+    fits = [_ViewFit(v, shape, rec, device, fc.identity_average, fc.identity_jitter) for v in views]
 
     narrow_v = _narrow_vertices(model, device)
-    pose = {"rot": fc.pose_rate_scale, "trans": fc.pose_rate_scale}
+    pose = {"rot": fc.pose_rate_scale, "trans": fc.pose_rate_scale,
+            "shape": fc.identity_shape_rate if rec is not None else 1.0}  # rate scales
     names = ("rot", "trans", "shape", "sh", "expr") if cfg.fit_expression else ("rot", "trans", "shape", "sh")
     tex_groups = texture.param_groups(getattr(cfg.rates, texture.rate))
     geometry = [x for x in names if x != "sh"]
 
-    def optimiser(group_names):
-        # The shared shape is in the first view's groups only (one Adam state for it).
-        groups = [g for i, f in enumerate(fits) for g in f.p.groups(
-            cfg.rates, tuple(x for x in group_names if i == 0 or x != "shape"), pose)]
-        return Adam([*groups, *tex_groups], warmup=fc.warmup_steps)  # FineConfig.warmup_steps
+    # FineConfig.identity_geometry_decay: with the recogniser, the geometry's rates fall to 0
+    decay = rec is not None and fc.identity_geometry_decay
+
+    def optimiser(group_names, steps: int):
+        groups = []
+        for i, f in enumerate(fits):
+            # The shared shape is in the first view's groups only (one Adam state for it).
+            view_names = tuple(x for x in group_names if i == 0 or x != "shape")
+            groups += [{**g, "decay": decay and name in geometry}
+                       for name, g in zip(view_names, f.p.groups(cfg.rates, view_names, pose))]
+        return Adam([*groups, *tex_groups], warmup=fc.warmup_steps, decay=steps)
 
     def set_geometry_grad(flag: bool) -> None:
         for f in fits:
@@ -160,9 +188,9 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
     first = int(round(cfg.fine_steps * fc.latent_first)) if texture.latent_first else 0
     if first > 0:  # the latent and the light alone; the geometry's gradients are not even computed
         set_geometry_grad(False)
-        opt = optimiser(("sh",))
+        opt = optimiser(("sh",), first)
     else:
-        opt = optimiser(names)
+        opt = optimiser(names, cfg.fine_steps)
     face_tex = ((views[0].start.uvr.tri_id >= 0) & (views[0].start.uvr.tri_id < model.fit_tri_count))[None].float()
     held = None  # expression channels kept at the coarse fit (FineConfig.hold_eyes)
     if fc.hold_eyes and cfg.fit_expression:
@@ -179,7 +207,7 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
         hooks.check_cancel()
         if step == first and first > 0:
             set_geometry_grad(True)
-            opt = optimiser(names)
+            opt = optimiser(names, n - first)
         sample = texture.sample()
         weighted = {}
         preview_img = None
@@ -196,9 +224,10 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
             raw = L.photo_terms(out["colour_srgb"], crop.image, face_w * f.fixed_trust * f.robust)
             raw.update(L.landmark_terms(out["proj"], t))
             if rec is not None:
-                emb, feats = rec.embed(warp(img.permute(0, 3, 1, 2), f.M_align, rec.input_size))
+                emb, feats = rec.embed(warp(f.chips_of(img), f.M_align, rec.input_size))
                 raw.update(L.identity_terms(emb, f.emb_photo, feats, f.feats_photo))
-                cos = 1 - float(raw["identity"].detach())
+                # The metric is the detected alignment's (the first), whatever the averaging.
+                cos = float(torch.nn.functional.cosine_similarity(emb[:1].detach(), f.emb_photo[:1]).item())
                 if step == 0:
                     f.metrics["identity_cosine_init"] = cos
                 f.metrics["identity_cosine"] = cos
