@@ -80,8 +80,8 @@ class DetectConfig:
     ``CropConfig.antialias`` and ``FineConfig.pose_rate_scale`` 0.1, which is what lets the fine
     stage take the re-detected landmarks without overshooting (tests/engine/test_pipeline.py
     test_short_fit_lowers_the_total_loss). On the balanced preset the recogniser's terms moved it
-    further (0.42 / 0.73 mm over the 8 photos; 0.12 / 0.27 with ``--recognizer none``), until
-    ``FineConfig.identity_average`` and what follows it there (0.10 / 0.26)."""
+    further (0.42 / 0.73 mm over the 8 photos; 0.12 / 0.27 with ``--recognizer none``); with
+    ``FineConfig.identity_average`` and ``identity_shape_rate`` 0.15 / 0.38."""
 
     passes: int = 2
     scale: float = 1.5             # fits inside even a tight portrait crop
@@ -195,7 +195,6 @@ class FineConfig:
     # re-framing benchmark (fast) it left the landmark error as it was (mean 0.0235 both) and the
     # shape movement too (face 0.076 -> 0.070 mm median, 0.160 -> 0.150 worst).
     pose_rate_scale: float = 0.1
-    # The shape's rate is this x ``Rates.shape`` in the fine stage.
     # Every rate ramps up linearly over this many first steps of its optimiser (0: none; with a
     # latent texture model the geometry's optimiser starts after ``latent_first``): Adam's first
     # steps move every coordinate by its full rate whatever its gradient's size. Off: 4 steps also

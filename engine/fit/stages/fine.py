@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ...camera import project
+from ...perception.recognizer import identity_loss
 from ...render.forward import face_geometry, render_face
 from .. import losses as L
 from .. import trust as T
@@ -162,8 +163,8 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
     fits = [_ViewFit(v, shape, rec, device, fc.identity_average, fc.identity_jitter) for v in views]
 
     narrow_v = _narrow_vertices(model, device)
-    pose = {"rot": fc.pose_rate_scale, "trans": fc.pose_rate_scale,
-            "shape": fc.identity_shape_rate if rec is not None else 1.0}  # rate scales
+    rate_scale = {"rot": fc.pose_rate_scale, "trans": fc.pose_rate_scale,
+                  "shape": fc.identity_shape_rate if rec is not None else 1.0}
     names = ("rot", "trans", "shape", "sh", "expr") if cfg.fit_expression else ("rot", "trans", "shape", "sh")
     tex_groups = texture.param_groups(getattr(cfg.rates, texture.rate))
     geometry = [x for x in names if x != "sh"]
@@ -177,7 +178,7 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
             # The shared shape is in the first view's groups only (one Adam state for it).
             view_names = tuple(x for x in group_names if i == 0 or x != "shape")
             groups += [{**g, "decay": decay and name in geometry}
-                       for name, g in zip(view_names, f.p.groups(cfg.rates, view_names, pose))]
+                       for name, g in zip(view_names, f.p.groups(cfg.rates, view_names, rate_scale))]
         return Adam([*groups, *tex_groups], warmup=fc.warmup_steps, decay=steps)
 
     def set_geometry_grad(flag: bool) -> None:
@@ -227,7 +228,7 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
                 emb, feats = rec.embed(warp(f.chips_of(img), f.M_align, rec.input_size))
                 raw.update(L.identity_terms(emb, f.emb_photo, feats, f.feats_photo))
                 # The metric is the detected alignment's (the first), whatever the averaging.
-                cos = float(torch.nn.functional.cosine_similarity(emb[:1].detach(), f.emb_photo[:1]).item())
+                cos = 1 - float(identity_loss(f.emb_photo[:1], emb[:1].detach()))
                 if step == 0:
                     f.metrics["identity_cosine_init"] = cos
                 f.metrics["identity_cosine"] = cos
