@@ -10,7 +10,10 @@ distance in millimetres, over two regions:
 
 (a) ``reframe``: every photo of ``../shared/photos`` is fitted as it is and in several framings
 (a tight, a medium and an off-centre crop, and the whole photo at 2/3 resolution); each
-framing's shape is compared with the full photo's. Every variant is written as a PNG (no EXIF), so
+framing's shape is compared with the full photo's. An off-centre crop puts the face off centre in
+whichever direction the photo has room for; a framing that the photo's own framing clips back to
+the photo or to an earlier framing is left out (and listed), not scored as a perfect 0. Every
+variant is written as a PNG (no EXIF), so
 all of them get the engine's focal-length default: exactly the case where the framing used to
 change the lens. Also reported: the fit's own landmark error (``landmark_error_iod``).
 
@@ -136,26 +139,45 @@ def procrustes_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------ (a) reframe
-def make_variants(photo: Path, box: list[float], images: Path) -> list[tuple[str, Path]]:
-    """The framings of one photo as PNGs (made once)."""
-    im = ImageOps.exif_transpose(Image.open(photo)).convert("RGB")
-    W, H = im.size
+def crop_box(W: int, H: int, box: list[float], k: float, offset: tuple[float, float]) -> tuple[int, int, int, int]:
+    """The crop of side ``k`` face-box sides with the face off its centre by ``offset`` face sides,
+    clipped to the photo. An off-centre crop takes whichever of the offset's four mirror images
+    (x and y signs) the photo has the most room for, so that a tightly framed portrait still gets
+    an off-centre crop and not a copy of the centred one."""
     x0, y0, x1, y1 = box
     side_face = max(x1 - x0, y1 - y0)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = k * side_face
+    best = None
+    for sx, sy in ((1, 1), (-1, 1), (1, -1), (-1, -1)) if offset != (0.0, 0.0) else ((1, 1),):
+        ox, oy = sx * offset[0], sy * offset[1]
+        # The face sits off the crop's centre by (ox, oy) face sides.
+        l, t = cx - side / 2 - ox * side_face, cy - side / 2 - oy * side_face
+        cut = max(0, -l) + max(0, -t) + max(0, l + side - W) + max(0, t + side - H)
+        if best is None or cut < best[0] - 1e-9:
+            best = (cut, l, t)
+    _, l, t = best
+    l, t = max(0, round(l)), max(0, round(t))
+    return l, t, min(W, round(l + side)), min(H, round(t + side))
+
+
+def make_variants(photo: Path, box: list[float], images: Path) -> list[tuple[str, Path | None]]:
+    """The framings of one photo as PNGs (made once). A framing that would be the same image as the
+    photo or as an earlier framing (a crop that the photo's own framing clips back to the same
+    box) has None for its path: it is left out, not counted as a perfect 0."""
+    im = ImageOps.exif_transpose(Image.open(photo)).convert("RGB")
+    W, H = im.size
+    seen = {((0, 0, W, H), 1.0)}
     out = []
-    for name, k, (ox, oy), res in FRAMINGS:
+    for name, k, offset, res in FRAMINGS:
+        crop = (0, 0, W, H) if k is None else crop_box(W, H, box, k, offset)
+        if (crop, res) in seen:
+            out.append((name, None))
+            continue
+        seen.add((crop, res))
         path = images / f"{photo.stem}__{name}.png"
         if not path.is_file():
-            if k is None:
-                v = im
-            else:
-                side = k * side_face
-                # The face sits off the crop's centre by (ox, oy) face sides.
-                l, t = cx - side / 2 - ox * side_face, cy - side / 2 - oy * side_face
-                l, t = max(0, round(l)), max(0, round(t))
-                r, b = min(W, round(l + side)), min(H, round(t + side))
-                v = im.crop((l, t, r, b))
+            v = im if crop == (0, 0, W, H) else im.crop(crop)
             if res != 1.0:
                 v = v.resize((max(1, round(v.width * res)), max(1, round(v.height * res))),
                              Image.Resampling.LANCZOS)
@@ -178,11 +200,14 @@ def reframe(a: argparse.Namespace, shapes: Shapes) -> dict:
             ImageOps.exif_transpose(Image.open(p)).convert("RGB").save(png)
         originals.append(png)
     refs = fit_all([(png, fits / png.stem) for png in originals], a)
-    jobs, keys = [], []
+    jobs, keys, skipped = [], [], []
     for p, ref in zip(photos, refs):
         if ref is None:
             continue
         for name, path in make_variants(p, ref["face"]["box"], images):
+            if path is None:
+                skipped.append({"photo": p.stem, "framing": name})
+                continue
             jobs.append((path, fits / path.stem))
             keys.append((p.stem, name))
     results = fit_all(jobs, a)
@@ -206,8 +231,9 @@ def reframe(a: argparse.Namespace, shapes: Shapes) -> dict:
                      "mean_mm": mean([r[reg] for r in ok])} for reg in shapes.regions}
     lm = [r["landmark_error_iod"] for r in ok] + [r["landmark_error_iod"] for r in ref_rows]
     summary["landmark_error_iod"] = {"median": median(lm), "worst": worst(lm), "mean": mean(lm)}
-    summary["fits"] = {"variants": len(ok), "failed": len(rows) - len(ok), "photos": len(ref_rows)}
-    return {"summary": summary, "rows": rows, "references": ref_rows}
+    summary["fits"] = {"variants": len(ok), "failed": len(rows) - len(ok), "photos": len(ref_rows),
+                       "same_image": len(skipped)}
+    return {"summary": summary, "rows": rows, "references": ref_rows, "same_image": skipped}
 
 
 def focal_per_face(r: dict) -> float:
@@ -293,6 +319,10 @@ def print_table(out: dict) -> None:
         s = out["reframe"]["summary"]
         print(f"(a) re-framing, {s['fits']['variants']} framings of {s['fits']['photos']} photos "
               f"({s['fits']['failed']} failed), shape movement vs the full photo (mm):")
+        same = out["reframe"].get("same_image", [])
+        if same:
+            print("    left out, the same image as the photo or an earlier framing: "
+                  + ", ".join(f"{r['photo']} {r['framing']}" for r in same))
         print(f"    {'region':<8}{'median':>9}{'worst':>9}{'mean':>9}")
         for reg in ("face", "head"):
             print(f"    {reg:<8}{s[reg]['median_mm']:>9.3f}{s[reg]['worst_mm']:>9.3f}{s[reg]['mean_mm']:>9.3f}")

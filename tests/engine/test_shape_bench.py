@@ -57,3 +57,19 @@ def test_framings_crop_around_the_face(bench, tmp_path):
     assert sizes["tight1.5"] == (300, 300) and sizes["mid2.2"] == (440, 440)
     assert sizes["off2.2"] == (440, 440) and sizes["full_2of3"] == (667, 533)
     assert len(set(out.values())) == len(bench.FRAMINGS)
+
+
+def test_off_centre_crop_mirrors_and_same_images_are_left_out(bench, tmp_path):
+    # A tightly framed portrait: a 2.2x crop reaches past the photo on every side.
+    photo = tmp_path / "tight.png"
+    Image.new("RGB", (400, 400), (90, 90, 90)).save(photo)
+    out = dict(bench.make_variants(photo, [100.0, 100.0, 300.0, 300.0], tmp_path / "img"))
+    assert out["mid2.2"] is None and out["off2.2"] is None    # both clip back to the whole photo
+    assert out["tight1.5"] is not None and out["full_2of3"] is not None
+    # Room on the left and above only: the offset is mirrored (the face right of and below the
+    # crop's centre), not clipped back to the centred crop.
+    W, H, box = 1000, 800, [700.0, 500.0, 900.0, 700.0]
+    l, t, r, b = bench.crop_box(W, H, box, 2.2, (0.35, 0.25))
+    assert (r - l, b - t) == (440, 440)
+    assert (l + r) / 2 < 800 and (t + b) / 2 < 600
+    assert bench.crop_box(W, H, box, 2.2, (0.35, 0.25)) != bench.crop_box(W, H, box, 2.2, (0.0, 0.0))
