@@ -81,7 +81,8 @@ class DetectConfig:
     stage take the re-detected landmarks without overshooting (tests/engine/test_pipeline.py
     test_short_fit_lowers_the_total_loss). On the balanced preset the recogniser's terms moved it
     further (0.42 / 0.73 mm over the 8 photos; 0.12 / 0.27 with ``--recognizer none``); with
-    ``FineConfig.identity_average`` and ``identity_shape_rate`` 0.15 / 0.38."""
+    ``FineConfig.identity_average`` and ``identity_shape_rate`` 0.15 / 0.38, and with
+    ``identity_flip`` too 0.135 / 0.266 (another machine, 30 framings: ``FineConfig``)."""
 
     passes: int = 2
     scale: float = 1.5             # fits inside even a tight portrait crop
@@ -239,6 +240,26 @@ class FineConfig:
     # - ``identity_geometry_decay``: the geometry's rates (shape, pose, expression) fall linearly to
     #   0 over the steps that move it (``optim.Adam`` ``decay``). Off (figures above).
     identity_geometry_decay: bool = False
+    # - ``identity_flip``: the recogniser also sees each chip, photo and render alike, mirrored
+    #   (``fine.with_mirrors``: twice its work; a balanced fit 14.5-15.2 s -> 18.7-19.1 s).
+    #   Figures from a second machine, where the rows above do not repeat exactly: the fit is
+    #   that sensitive. What moves the shape between framings is the fine stage's answer to any
+    #   change of the pixels, not the framing as such: +-1 grey level of noise on the photo
+    #   moves the face 0.175 mm (median over the 8 photos; 0.148 without the recogniser, 0.029
+    #   after the coarse stage), as much as a new framing does. Averaged over each chip and its
+    #   mirror image the terms follow that noise less (0.134 mm). Re-framing (the benchmark now
+    #   leaves out crops that are the same image: 30 framings) 0.159 / 0.287 mm, landmarks
+    #   0.0248 -> 0.135 / 0.266, 0.0252 with it; 40 pairs 0.875 / 0.993 -> 0.900 / 0.994 (face),
+    #   0.900 / 0.993 -> 0.900 / 0.994 (head).
+    #   Tried on that run and not kept: the chips blurred by 1 px before the recogniser (0.153 /
+    #   0.283), the fine stage moving only the first 30 or 15 shape components (0.167 / 0.341,
+    #   0.159 / 0.399), the content term off (0.188 / 0.430) or at 3x (0.146 / 0.324), mirrors
+    #   with 2 alignments instead of 4 (0.154 / 0.326), the mirrors on every other step only, at
+    #   no extra cost (0.147 / 0.291; mean 0.165, against 0.162 without and 0.147 with them on
+    #   every step: nothing gained), the geometry's decay at shape rate 0.4 or 0.6 (0.174 /
+    #   0.418, 0.213 / 0.397, against 0.156 / 0.274 on the 32 framings), and a smooth
+    #   (Charbonnier) pixel term instead of L1 (noise 0.190 mm).
+    identity_flip: bool = True
     # GANFit's schedule for a latent texture model: the first ``latent_first`` share of the steps
     # move only the latent and the lighting (the geometry is the coarse stage's, and a wrong start
     # texture would otherwise pull it); then everything together.

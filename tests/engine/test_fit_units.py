@@ -202,3 +202,27 @@ def test_jittered_alignments_shift_and_scale_the_chip():
         assert torch.allclose(apply_affine(Ms[k:k + 1], pts[None])[0], want, atol=1e-4)
     with pytest.raises(ValueError, match="identity_average"):
         jittered_alignments(M, 150, 0, 0.05)
+
+
+def test_with_mirrors_appends_each_chip_mirrored():
+    """``FineConfig.identity_flip``: the recogniser sees every chip and its mirror image, so that
+    the mean of a term over them is the same for a chip pair and for the mirrored pair."""
+    from engine.fit.stages.fine import with_mirrors
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 3, 8, 8, generator=g), torch.rand(3, 3, 8, 8, generator=g)
+    m = with_mirrors(a)
+    assert m.shape == (6, 3, 8, 8)
+    assert torch.equal(m[:3], a) and torch.equal(m[3:], a.flip(-1))
+    assert not torch.equal(m[3:], a)
+    # A term that is not mirror-symmetric itself (weights rising left to right) ...
+    w = torch.linspace(0, 1, 8)
+
+    def term(x, y):
+        return (((x - y) ** 2) * w).mean()
+
+    assert not torch.isclose(term(a, b), term(a.flip(-1), b.flip(-1)))
+    # ... is once it is averaged over the chips and their mirrors.
+    assert torch.isclose(term(with_mirrors(a), with_mirrors(b)),
+                         term(with_mirrors(a.flip(-1)), with_mirrors(b.flip(-1))))
+

@@ -93,20 +93,22 @@ class _ViewFit:
     """A view's per-run state inside ``run_views``: its parameters (the shape tensor is shared by
     every view), its recogniser targets and its robust weights."""
 
-    def __init__(self, v: FineView, shape: torch.Tensor, rec, device, average: int = 1, jitter: float = 0.0):
+    def __init__(self, v: FineView, shape: torch.Tensor, rec, device, average: int = 1, jitter: float = 0.0,
+                 flip: bool = False):
         c = v.coarse.params
         fresh = lambda x: x.detach().clone().requires_grad_(x.requires_grad)  # noqa: E731
         self.v = v
         self.p = FitParams(rot=fresh(c.rot), trans=fresh(c.trans), shape=shape, expr=fresh(c.expr),
                            sh=v.start.sh.detach().clone().requires_grad_())
         self.emb_photo = self.feats_photo = self.M_align = None
+        self.flip = flip
         if rec is not None:
             from ...perception.align import five_points_from_68, similarity_from_points, warp
             M = similarity_from_points(five_points_from_68(v.framed.targets.det), rec.template.to(device))
             self.M_align = jittered_alignments(M.detach(), rec.input_size, average, jitter)
             with torch.no_grad():
-                self.emb_photo, feats = rec.embed(warp(self.chips_of(v.framed.crop.image), self.M_align,
-                                                       rec.input_size))
+                chips = warp(self.chips_of(v.framed.crop.image), self.M_align, rec.input_size)
+                self.emb_photo, feats = rec.embed(self.views_of(chips))
             self.feats_photo = [f.detach() for f in feats]
         self.fixed_trust = v.trust_map if v.trust_map is not None else torch.ones_like(v.framed.crop.face_valid)
         self.robust = torch.ones_like(self.fixed_trust)
@@ -115,6 +117,18 @@ class _ViewFit:
     def chips_of(self, image: torch.Tensor) -> torch.Tensor:
         """(1, H, W, 3) crop -> (K, 3, H, W), one copy per alignment of ``M_align``."""
         return image.permute(0, 3, 1, 2).expand(self.M_align.shape[0], -1, -1, -1)
+
+    def views_of(self, chips: torch.Tensor) -> torch.Tensor:
+        """The recogniser's inputs from aligned chips, the photo's and the render's alike: with
+        ``flip`` (``FineConfig.identity_flip``) also their mirror images (``with_mirrors``)."""
+        return with_mirrors(chips) if self.flip else chips
+
+
+def with_mirrors(chips: torch.Tensor) -> torch.Tensor:
+    """(K, C, S, S) chips -> (2K, C, S, S): the chips, then each mirrored left to right. Averaged
+    over both, the identity terms no longer tell a face from its mirror image, photo and render
+    alike."""
+    return torch.cat([chips, chips.flip(-1)])
 
 
 def jittered_alignments(M: torch.Tensor, size: int, count: int, jitter: float) -> torch.Tensor:
@@ -160,7 +174,8 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
     shape = start.detach().clone().requires_grad_(c0.requires_grad)
     if rec is not None:
         from ...perception.align import warp
-    fits = [_ViewFit(v, shape, rec, device, fc.identity_average, fc.identity_jitter) for v in views]
+    fits = [_ViewFit(v, shape, rec, device, fc.identity_average, fc.identity_jitter, fc.identity_flip)
+            for v in views]
 
     narrow_v = _narrow_vertices(model, device)
     rate_scale = {"rot": fc.pose_rate_scale, "trans": fc.pose_rate_scale,
@@ -225,7 +240,7 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
             raw = L.photo_terms(out["colour_srgb"], crop.image, face_w * f.fixed_trust * f.robust)
             raw.update(L.landmark_terms(out["proj"], t))
             if rec is not None:
-                emb, feats = rec.embed(warp(f.chips_of(img), f.M_align, rec.input_size))
+                emb, feats = rec.embed(f.views_of(warp(f.chips_of(img), f.M_align, rec.input_size)))
                 raw.update(L.identity_terms(emb, f.emb_photo, feats, f.feats_photo))
                 # The metric is the detected alignment's (the first), whatever the averaging.
                 cos = 1 - float(identity_loss(f.emb_photo[:1], emb[:1].detach()))
