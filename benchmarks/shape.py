@@ -15,7 +15,10 @@ whichever direction the photo has room for; a framing that the photo's own frami
 the photo or to an earlier framing is left out (and listed), not scored as a perfect 0. Every
 variant is written as a PNG (no EXIF), so
 all of them get the engine's focal-length default: exactly the case where the framing used to
-change the lens. Also reported: the fit's own landmark error (``landmark_error_iod``).
+change the lens. Also reported: the fit's own landmark error (``landmark_error_iod``). With
+``--noise`` each photo is also fitted with 1 grey level of Gaussian noise added, reported apart:
+how far the shape moves for the least change of the pixels, against which a framing's movement can
+be read (a fit that moves as far for noise as for a new framing is not reacting to the framing).
 
 (b) ``pairs``: the London set's neutral/smiling photos (``../shared/faces/london-canada``, CC BY 4.0):
 nearest-shape re-identification (each neutral shape's nearest smiling shape is the same person's,
@@ -44,6 +47,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,6 +61,7 @@ MM_PER_CM = 10.0
 # face-centre offset in face-box sides (x, y), resolution factor). Portraits are often framed
 # about this tight already, so the crops stay well inside most photos (a crop that reaches past
 # the photo is clipped to it).
+NOISE = "noise1"
 FRAMINGS = (
     ("tight1.5", 1.5, (0.0, 0.0), 1.0),
     ("mid2.2", 2.2, (0.0, 0.0), 1.0),
@@ -161,10 +166,11 @@ def crop_box(W: int, H: int, box: list[float], k: float, offset: tuple[float, fl
     return l, t, min(W, round(l + side)), min(H, round(t + side))
 
 
-def make_variants(photo: Path, box: list[float], images: Path) -> list[tuple[str, Path | None]]:
+def make_variants(photo: Path, box: list[float], images: Path, noise: bool = False) -> list[tuple[str, Path | None]]:
     """The framings of one photo as PNGs (made once). A framing that would be the same image as the
     photo or as an earlier framing (a crop that the photo's own framing clips back to the same
-    box) has None for its path: it is left out, not counted as a perfect 0."""
+    box) has None for its path: it is left out, not counted as a perfect 0. With ``noise`` also
+    ``NOISE``: the whole photo plus Gaussian noise of 1 grey level (seeded by the photo's name)."""
     im = ImageOps.exif_transpose(Image.open(photo)).convert("RGB")
     W, H = im.size
     seen = {((0, 0, W, H), 1.0)}
@@ -184,6 +190,15 @@ def make_variants(photo: Path, box: list[float], images: Path) -> list[tuple[str
             path.parent.mkdir(parents=True, exist_ok=True)
             v.save(path)
         out.append((name, path))
+    if noise:
+        path = images / f"{photo.stem}__{NOISE}.png"
+        if not path.is_file():
+            rng = np.random.default_rng(zlib.crc32(photo.stem.encode()))
+            x = np.asarray(im, dtype=np.float32)
+            x = np.clip(np.round(x + rng.normal(0.0, 1.0, x.shape)), 0, 255).astype(np.uint8)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x).save(path)
+        out.append((NOISE, path))
     return out
 
 
@@ -204,7 +219,7 @@ def reframe(a: argparse.Namespace, shapes: Shapes) -> dict:
     for p, ref in zip(photos, refs):
         if ref is None:
             continue
-        for name, path in make_variants(p, ref["face"]["box"], images):
+        for name, path in make_variants(p, ref["face"]["box"], images, a.noise):
             if path is None:
                 skipped.append({"photo": p.stem, "framing": name})
                 continue
@@ -226,12 +241,16 @@ def reframe(a: argparse.Namespace, shapes: Shapes) -> dict:
                  "focal_px_per_face_px": focal_per_face(r), "distance_cm": -r["camera"]["world_to_camera"][2][3] * 100,
                  "focal_source": r["camera"]["focal_source"]}
                 for p, r in zip(photos, refs) if r is not None]
-    ok = [r for r in rows if r["ok"]]
+    noisy = [r for r in rows if r["ok"] and r["framing"] == NOISE]
+    ok = [r for r in rows if r["ok"] and r["framing"] != NOISE]
     summary = {reg: {"median_mm": median([r[reg] for r in ok]), "worst_mm": worst([r[reg] for r in ok]),
                      "mean_mm": mean([r[reg] for r in ok])} for reg in shapes.regions}
     lm = [r["landmark_error_iod"] for r in ok] + [r["landmark_error_iod"] for r in ref_rows]
     summary["landmark_error_iod"] = {"median": median(lm), "worst": worst(lm), "mean": mean(lm)}
-    summary["fits"] = {"variants": len(ok), "failed": len(rows) - len(ok), "photos": len(ref_rows),
+    if noisy:
+        summary["noise"] = {reg: {"median_mm": median([r[reg] for r in noisy]), "worst_mm": worst([r[reg] for r in noisy])}
+                            for reg in shapes.regions}
+    summary["fits"] = {"variants": len(ok), "failed": len(rows) - len(ok) - len(noisy), "photos": len(ref_rows),
                        "same_image": len(skipped)}
     return {"summary": summary, "rows": rows, "references": ref_rows, "same_image": skipped}
 
@@ -328,6 +347,10 @@ def print_table(out: dict) -> None:
             print(f"    {reg:<8}{s[reg]['median_mm']:>9.3f}{s[reg]['worst_mm']:>9.3f}{s[reg]['mean_mm']:>9.3f}")
         lm = s["landmark_error_iod"]
         print(f"    landmark error (iod): median {lm['median']:.4f}, worst {lm['worst']:.4f}")
+        if "noise" in s:
+            n = s["noise"]
+            print(f"    +-1 grey level of noise instead (not in the figures above): face {n['face']['median_mm']:.3f}"
+                  f" / {n['face']['worst_mm']:.3f}, head {n['head']['median_mm']:.3f} / {n['head']['worst_mm']:.3f}")
         print(f"    {'photo':<34}{'framing':<12}{'face':>7}{'head':>7}{'lm_iod':>8}{'f/face':>8}")
         for r in out["reframe"]["rows"]:
             if r["ok"]:
@@ -358,6 +381,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="fits at once (default 1)")
     ap.add_argument("--pairs", type=int, help="only the first N London people (default all)")
     ap.add_argument("--photos", help="comma-separated name fragments: only these photos of (a)")
+    ap.add_argument("--noise", action="store_true",
+                    help="(a) also fits each photo with 1 grey level of Gaussian noise added: how far "
+                         "the shape moves for the least change of the pixels (reported apart)")
     ap.add_argument("--engine-root", type=Path, default=ROOT,
                     help="the engine source tree to fit with (default this one): e.g. an export of "
                          "the commit before a change, into its own --work")

@@ -73,3 +73,17 @@ def test_off_centre_crop_mirrors_and_same_images_are_left_out(bench, tmp_path):
     assert (r - l, b - t) == (440, 440)
     assert (l + r) / 2 < 800 and (t + b) / 2 < 600
     assert bench.crop_box(W, H, box, 2.2, (0.35, 0.25)) != bench.crop_box(W, H, box, 2.2, (0.0, 0.0))
+
+
+def test_noise_variant_is_the_photo_plus_one_grey_level(bench, tmp_path):
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (200, 160), (90, 120, 200)).save(photo)
+    box = [60.0, 40.0, 140.0, 120.0]
+    out = dict(bench.make_variants(photo, box, tmp_path / "a", noise=True))
+    x = np.asarray(Image.open(out[bench.NOISE]), dtype=np.int16)
+    d = x - np.array([90, 120, 200])
+    assert 0.8 < d.std() < 1.2 and np.abs(d).max() <= 6      # about 1 grey level, no more
+    # Seeded by the photo's name: made again elsewhere, the same image.
+    again = dict(bench.make_variants(photo, box, tmp_path / "b", noise=True))
+    assert np.array_equal(np.asarray(Image.open(again[bench.NOISE])), x.astype(np.uint8))
+    assert bench.NOISE not in dict(bench.make_variants(photo, box, tmp_path / "c"))
