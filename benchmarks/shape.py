@@ -8,17 +8,17 @@ distance in millimetres, over two regions:
 * ``face``: the model's narrow face (around the nose, what the photo shows best);
 * ``head``: the whole head (face, ears, skull and neck; not the eyeballs or sockets).
 
-(a) ``reframe``: every photo of ``../shared/photos`` is fitted as it is and in several framings
-(a tight, a medium and an off-centre crop, and the whole photo at 2/3 resolution); each
-framing's shape is compared with the full photo's. An off-centre crop puts the face off centre in
-whichever direction the photo has room for; a framing that the photo's own framing clips back to
-the photo or to an earlier framing is left out (and listed), not scored as a perfect 0. Every
-variant is written as a PNG (no EXIF), so
-all of them get the engine's focal-length default: exactly the case where the framing used to
-change the lens. Also reported: the fit's own landmark error (``landmark_error_iod``). With
-``--noise`` each photo is also fitted with 1 grey level of Gaussian noise added, reported apart:
-how far the shape moves for the least change of the pixels, against which a framing's movement can
-be read (a fit that moves as far for noise as for a new framing is not reacting to the framing).
+(a) ``reframe``: every photo of ``../shared/photos`` is fitted as it is and in several framings (a
+tight, a medium and an off-centre crop, and the whole photo at 2/3 resolution); each framing's
+shape is compared with the full photo's. An off-centre crop puts the face off centre in whichever
+direction the photo has room for; a framing that the photo's own framing clips back to the photo or
+to an earlier framing is left out (and listed), not scored as a perfect 0. Every variant is written
+as a PNG (no EXIF), so all of them get the engine's focal-length default: exactly the case where
+the framing used to change the lens. Also reported: the fit's own landmark error
+(``landmark_error_iod``). With ``--noise`` each photo is also fitted with 1 grey level of Gaussian
+noise added, reported apart: how far the shape moves for the least change of the pixels, against
+which a framing's movement can be read (a fit that moves as far for noise as for a new framing is
+not reacting to the framing).
 
 (b) ``pairs``: the London set's neutral/smiling photos (``../shared/faces/london-canada``, CC BY 4.0):
 nearest-shape re-identification (each neutral shape's nearest smiling shape is the same person's,
@@ -61,13 +61,13 @@ MM_PER_CM = 10.0
 # face-centre offset in face-box sides (x, y), resolution factor). Portraits are often framed
 # about this tight already, so the crops stay well inside most photos (a crop that reaches past
 # the photo is clipped to it).
-NOISE = "noise1"
 FRAMINGS = (
     ("tight1.5", 1.5, (0.0, 0.0), 1.0),
     ("mid2.2", 2.2, (0.0, 0.0), 1.0),
     ("off2.2", 2.2, (0.35, 0.25), 1.0),
     ("full_2of3", None, (0.0, 0.0), 2 / 3),
 )
+NOISE = "noise1"   # --noise: the whole photo with 1 grey level of Gaussian noise
 
 # ------------------------------------------------------------------------------ fitting
 def fit(photo: Path, out: Path, a: argparse.Namespace) -> dict | None:
@@ -243,13 +243,16 @@ def reframe(a: argparse.Namespace, shapes: Shapes) -> dict:
                 for p, r in zip(photos, refs) if r is not None]
     noisy = [r for r in rows if r["ok"] and r["framing"] == NOISE]
     ok = [r for r in rows if r["ok"] and r["framing"] != NOISE]
-    summary = {reg: {"median_mm": median([r[reg] for r in ok]), "worst_mm": worst([r[reg] for r in ok]),
-                     "mean_mm": mean([r[reg] for r in ok])} for reg in shapes.regions}
+
+    def movement(rows: list[dict]) -> dict:
+        return {reg: {"median_mm": median([r[reg] for r in rows]), "worst_mm": worst([r[reg] for r in rows]),
+                      "mean_mm": mean([r[reg] for r in rows])} for reg in shapes.regions}
+
+    summary = movement(ok)
     lm = [r["landmark_error_iod"] for r in ok] + [r["landmark_error_iod"] for r in ref_rows]
     summary["landmark_error_iod"] = {"median": median(lm), "worst": worst(lm), "mean": mean(lm)}
     if noisy:
-        summary["noise"] = {reg: {"median_mm": median([r[reg] for r in noisy]), "worst_mm": worst([r[reg] for r in noisy])}
-                            for reg in shapes.regions}
+        summary["noise"] = movement(noisy)
     summary["fits"] = {"variants": len(ok), "failed": len(rows) - len(ok) - len(noisy), "photos": len(ref_rows),
                        "same_image": len(skipped)}
     return {"summary": summary, "rows": rows, "references": ref_rows, "same_image": skipped}

@@ -225,4 +225,3 @@ def test_with_mirrors_appends_each_chip_mirrored():
     # ... is once it is averaged over the chips and their mirrors.
     assert torch.isclose(term(with_mirrors(a), with_mirrors(b)),
                          term(with_mirrors(a.flip(-1)), with_mirrors(b.flip(-1))))
-

@@ -103,24 +103,22 @@ class _ViewFit:
         self.emb_photo = self.feats_photo = self.M_align = None
         self.flip = flip
         if rec is not None:
-            from ...perception.align import five_points_from_68, similarity_from_points, warp
+            from ...perception.align import five_points_from_68, similarity_from_points
             M = similarity_from_points(five_points_from_68(v.framed.targets.det), rec.template.to(device))
             self.M_align = jittered_alignments(M.detach(), rec.input_size, average, jitter)
             with torch.no_grad():
-                chips = warp(self.chips_of(v.framed.crop.image), self.M_align, rec.input_size)
-                self.emb_photo, feats = rec.embed(self.views_of(chips))
+                self.emb_photo, feats = rec.embed(self.recognizer_input(v.framed.crop.image, rec.input_size))
             self.feats_photo = [f.detach() for f in feats]
         self.fixed_trust = v.trust_map if v.trust_map is not None else torch.ones_like(v.framed.crop.face_valid)
         self.robust = torch.ones_like(self.fixed_trust)
         self.metrics: dict[str, float] = {}
 
-    def chips_of(self, image: torch.Tensor) -> torch.Tensor:
-        """(1, H, W, 3) crop -> (K, 3, H, W), one copy per alignment of ``M_align``."""
-        return image.permute(0, 3, 1, 2).expand(self.M_align.shape[0], -1, -1, -1)
-
-    def views_of(self, chips: torch.Tensor) -> torch.Tensor:
-        """The recogniser's inputs from aligned chips, the photo's and the render's alike: with
-        ``flip`` (``FineConfig.identity_flip``) also their mirror images (``with_mirrors``)."""
+    def recognizer_input(self, image: torch.Tensor, size: int) -> torch.Tensor:
+        """(1, H, W, 3) crop, the photo's or the render's alike -> the recogniser's chips of ``size``
+        pixels: one per alignment of ``M_align`` (K, 3, size, size) and, with ``flip``
+        (``FineConfig.identity_flip``), their mirror images after them (``with_mirrors``)."""
+        from ...perception.align import warp
+        chips = warp(image.permute(0, 3, 1, 2).expand(self.M_align.shape[0], -1, -1, -1), self.M_align, size)
         return with_mirrors(chips) if self.flip else chips
 
 
@@ -172,8 +170,6 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
     c0 = views[0].coarse.params.shape
     start = c0 if len(views) == 1 else torch.stack([v.coarse.params.shape for v in views]).mean(0)
     shape = start.detach().clone().requires_grad_(c0.requires_grad)
-    if rec is not None:
-        from ...perception.align import warp
     fits = [_ViewFit(v, shape, rec, device, fc.identity_average, fc.identity_jitter, fc.identity_flip)
             for v in views]
 
@@ -240,7 +236,7 @@ def run_views(ctx, model, cfg, views: list[FineView], texture: TextureModel, rec
             raw = L.photo_terms(out["colour_srgb"], crop.image, face_w * f.fixed_trust * f.robust)
             raw.update(L.landmark_terms(out["proj"], t))
             if rec is not None:
-                emb, feats = rec.embed(f.views_of(warp(f.chips_of(img), f.M_align, rec.input_size)))
+                emb, feats = rec.embed(f.recognizer_input(img, rec.input_size))
                 raw.update(L.identity_terms(emb, f.emb_photo, feats, f.feats_photo))
                 # The metric is the detected alignment's (the first), whatever the averaging.
                 cos = 1 - float(identity_loss(f.emb_photo[:1], emb[:1].detach()))
